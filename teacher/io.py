@@ -1,0 +1,437 @@
+"""Reading and writing teacher networks.
+
+Supported inputs (the format is detected from the file's bytes, not its name):
+
+- NVIDIA stylegan2-ada-pytorch snapshots (``network-snapshot-*.pkl``): a pickled dict with
+  ``G``, ``D``, ``G_ema``, ``augment_pipe``; read with a restricted unpickler, the embedded
+  source code is never run. The architecture comes from the pickled constructor kwargs.
+- TensorFlow-era NVIDIA pickles (``(G, D, Gs)`` of ``dnnlib.tflib.network.Network``): variables
+  are numpy arrays and are renamed to ours (see :mod:`teacher.convert`).
+- rosinality stylegan2-pytorch checkpoints (``.pt`` with ``g_ema``), loaded with
+  ``torch.load(weights_only=True)``.
+- Our own ``.safetensors``: tensors named as the network's state dict, JSON metadata under the
+  key ``toon``: ``{"format_version", "kind", "arch", "source"}``.
+
+Every failure is a :class:`CheckpointError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from teacher.networks import Discriminator, Generator
+from teacher.pickle_reader import (
+    CorruptPickleError,
+    PersistentRecord,
+    TFNetworkRecord,
+    UnsafePickleError,
+    restricted_load,
+)
+
+FORMAT_VERSION = 1
+KIND_GENERATOR = "teacher.generator"
+KIND_DISCRIMINATOR = "teacher.discriminator"
+_LEGACY_TORCH_PREFIX = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be read or is not what was asked for (one-line message)."""
+
+
+@dataclass
+class NetworkSpec:
+    """A network as data: its kind, flat constructor arguments and state dict."""
+
+    kind: str
+    arch: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> torch.nn.Module:
+        """Construct the network and load the state strictly."""
+        cls = Generator if self.kind == KIND_GENERATOR else Discriminator
+        try:
+            net = cls(**self.arch)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"cannot build {self.kind} from arch {self.arch}: {e}") from None
+        expected = net.state_dict()
+        missing = sorted(set(expected) - set(self.state))
+        unexpected = sorted(set(self.state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{self.kind} state does not match its arch: missing {missing[:3]}"
+                f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                f"{'...' if len(unexpected) > 3 else ''}"
+            )
+        for name, t in self.state.items():
+            if tuple(t.shape) != tuple(expected[name].shape):
+                raise CheckpointError(
+                    f"{self.kind} tensor {name} has shape {tuple(t.shape)}, "
+                    f"expected {tuple(expected[name].shape)}"
+                )
+        net.load_state_dict({k: v.to(torch.float32) for k, v in self.state.items()}, strict=True)
+        return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# NVIDIA constructor kwargs -> our flat arch
+
+_G_TOP = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"}
+_G_MAPPING = {
+    "num_layers": "mapping_layers",
+    "embed_features": "mapping_embed_features",
+    "layer_features": "mapping_layer_features",
+    "activation": "mapping_activation",
+    "lr_multiplier": "mapping_lr_multiplier",
+    "w_avg_beta": "w_avg_beta",
+}
+_G_SYNTHESIS = {
+    "channel_base",
+    "channel_max",
+    "num_fp16_res",
+    "architecture",
+    "resample_filter",
+    "conv_clamp",
+    "fp16_channels_last",
+    "use_noise",
+    "activation",
+}
+_D_TOP = {
+    "c_dim",
+    "img_resolution",
+    "img_channels",
+    "architecture",
+    "channel_base",
+    "channel_max",
+    "num_fp16_res",
+    "conv_clamp",
+    "cmap_dim",
+}
+_D_BLOCK = {"activation", "resample_filter", "fp16_channels_last", "freeze_layers"}
+_D_MAPPING = {
+    "num_layers": "mapping_layers",
+    "embed_features": "mapping_embed_features",
+    "layer_features": "mapping_layer_features",
+    "lr_multiplier": "mapping_lr_multiplier",
+}
+_D_EPILOGUE = {"mbstd_group_size", "mbstd_num_channels", "activation"}
+_G_POSITIONAL = ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"]
+_D_POSITIONAL = ["c_dim", "img_resolution", "img_channels"]
+
+
+def _merge_positional(args: tuple, kwargs: dict, names: list[str]) -> dict:
+    kwargs = dict(kwargs)
+    for name, value in zip(names, args, strict=False):
+        kwargs[name] = value
+    return kwargs
+
+
+def generator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) -> dict[str, Any]:
+    """Translate NVIDIA ``Generator`` constructor kwargs into our flat :class:`Generator` args.
+
+    Synthesis kwargs may be nested under ``synthesis_kwargs`` (stylegan2-ada-pytorch) or given
+    at the top level (the StyleGAN2 config of NVIDIA's stylegan3 repository).
+    """
+    kwargs = _merge_positional(args, kwargs, _G_POSITIONAL)
+    arch: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _G_TOP:
+            arch[key] = value
+        elif key == "mapping_kwargs":
+            for mk, mv in (value or {}).items():
+                if mk not in _G_MAPPING:
+                    raise CheckpointError(f"unsupported generator mapping argument {mk!r}")
+                arch[_G_MAPPING[mk]] = mv
+        elif key == "synthesis_kwargs":
+            for sk, sv in (value or {}).items():
+                if sk not in _G_SYNTHESIS:
+                    raise CheckpointError(f"unsupported generator synthesis argument {sk!r}")
+                arch[sk] = sv
+        elif key in _G_SYNTHESIS:
+            arch[key] = value
+        else:
+            raise CheckpointError(f"unsupported generator argument {key!r}")
+    missing = _G_TOP - set(arch) - {"img_channels"}
+    if missing:
+        raise CheckpointError(f"generator arguments lack {sorted(missing)}")
+    if "resample_filter" in arch:
+        arch["resample_filter"] = [float(v) for v in arch["resample_filter"]]
+    return arch
+
+
+def discriminator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) -> dict[str, Any]:
+    """Translate NVIDIA ``Discriminator`` constructor kwargs into our flat arguments."""
+    kwargs = _merge_positional(args, kwargs, _D_POSITIONAL)
+    arch: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _D_TOP:
+            arch[key] = value
+        elif key == "block_kwargs":
+            for bk, bv in (value or {}).items():
+                if bk not in _D_BLOCK:
+                    raise CheckpointError(f"unsupported discriminator block argument {bk!r}")
+                arch[bk] = bv
+        elif key == "mapping_kwargs":
+            for mk, mv in (value or {}).items():
+                if mk == "activation" and mv == "lrelu":
+                    continue
+                if mk not in _D_MAPPING:
+                    raise CheckpointError(f"unsupported discriminator mapping argument {mk!r}")
+                arch[_D_MAPPING[mk]] = mv
+        elif key == "epilogue_kwargs":
+            for ek, ev in (value or {}).items():
+                if ek not in _D_EPILOGUE:
+                    raise CheckpointError(f"unsupported discriminator epilogue argument {ek!r}")
+                if ek == "activation" and arch.get("activation", ev) != ev:
+                    raise CheckpointError("different block and epilogue activations are unsupported")
+                arch[ek] = ev
+        else:
+            raise CheckpointError(f"unsupported discriminator argument {key!r}")
+    if "resample_filter" in arch:
+        arch["resample_filter"] = [float(v) for v in arch["resample_filter"]]
+    return arch
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{":
+        header_len = int.from_bytes(head[:8], "little")
+        if 0 < header_len < 100_000_000:
+            return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head.startswith(_LEGACY_TORCH_PREFIX):
+        return "torch-legacy"
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return "unknown"
+
+
+def read_networks(path: str | os.PathLike) -> dict[str, NetworkSpec]:
+    """Read every teacher network in a checkpoint file.
+
+    Returns a dict with some of ``"G_ema"``, ``"G"`` and ``"D"`` (our safetensors files hold
+    one network, returned under ``"G_ema"`` or ``"D"``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    kind = _sniff(path)
+    source = {"file": path.name, "sha256": file_sha256(path)}
+    try:
+        if kind == "safetensors":
+            specs = _read_safetensors(path)
+        elif kind in ("torch-zip", "torch-legacy"):
+            specs = _read_torch_checkpoint(path)
+        elif kind == "pickle":
+            specs = _read_pickle(path)
+        else:
+            raise CheckpointError(
+                f"{path}: not a network checkpoint (expected an NVIDIA .pkl, a rosinality .pt "
+                "or a toon-distill .safetensors file)"
+            )
+    except CheckpointError as e:
+        msg = str(e)
+        raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    for spec in specs.values():
+        spec.source = spec.source or source
+    return specs
+
+
+def _read_pickle(path: Path) -> dict[str, NetworkSpec]:
+    try:
+        with open(path, "rb") as f:
+            obj = restricted_load(f)
+    except UnsafePickleError as e:
+        raise CheckpointError(f"unsafe pickle refused: {e}") from None
+    except (CorruptPickleError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"corrupt or truncated pickle: {e}") from None
+
+    if isinstance(obj, dict) and any(isinstance(v, PersistentRecord) for v in obj.values()):
+        specs: dict[str, NetworkSpec] = {}
+        for key in ("G_ema", "G", "D"):
+            rec = obj.get(key)
+            if rec is None:
+                continue
+            if not isinstance(rec, PersistentRecord):
+                raise CheckpointError(f"snapshot entry {key!r} is not a network")
+            specs[key] = _spec_from_record(key, rec)
+        if not specs:
+            raise CheckpointError("snapshot holds no G, G_ema or D network")
+        return specs
+    if isinstance(obj, tuple) and obj and all(isinstance(v, TFNetworkRecord) for v in obj):
+        from teacher.convert import networks_from_tf
+
+        return networks_from_tf(obj)
+    raise CheckpointError("pickle is not a StyleGAN2 snapshot (no G/D/G_ema networks)")
+
+
+def _spec_from_record(key: str, rec: PersistentRecord) -> NetworkSpec:
+    if rec.class_name == "Generator":
+        arch = generator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
+        kind = KIND_GENERATOR
+    elif rec.class_name == "Discriminator":
+        arch = discriminator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
+        kind = KIND_DISCRIMINATOR
+    else:
+        raise CheckpointError(f"snapshot entry {key!r} is a {rec.class_name!r}, not a StyleGAN2 network")
+    state = dict(rec.state_dict())
+    if any(name.startswith("synthesis.input.") for name in state):
+        raise CheckpointError("StyleGAN3 (alias-free) generators are not supported")
+    return NetworkSpec(kind=kind, arch=arch, state=state)
+
+
+def _read_torch_checkpoint(path: Path) -> dict[str, NetworkSpec]:
+    import argparse
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read torch checkpoint safely: {first}") from None
+    from teacher.convert import networks_from_rosinality
+
+    return networks_from_rosinality(ckpt)
+
+
+def _read_safetensors(path: Path) -> dict[str, NetworkSpec]:
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"corrupt safetensors file: {e}") from None
+    if "toon" not in meta:
+        raise CheckpointError("safetensors file has no 'toon' metadata; not a toon-distill model")
+    try:
+        info = json.loads(meta["toon"])
+    except json.JSONDecodeError:
+        raise CheckpointError("safetensors 'toon' metadata is not valid JSON") from None
+    version = info.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"unsupported model format version {version!r} (expected {FORMAT_VERSION})")
+    kind = info.get("kind")
+    if kind not in (KIND_GENERATOR, KIND_DISCRIMINATOR):
+        raise CheckpointError(f"file holds a {kind!r}, not a teacher network")
+    spec = NetworkSpec(kind=kind, arch=dict(info["arch"]), state=state, source=info.get("source", {}))
+    return {"G_ema" if kind == KIND_GENERATOR else "D": spec}
+
+
+def read_model_info(path: str | os.PathLike) -> dict[str, Any]:
+    """What a file is: format, networks with kind, arch and parameter counts."""
+    path = Path(path)
+    specs = read_networks(path)
+    nets = {}
+    for key, spec in specs.items():
+        nets[key] = {
+            "kind": spec.kind,
+            "arch": spec.arch,
+            "tensors": len(spec.state),
+            "parameters": int(sum(t.numel() for t in spec.state.values())),
+            "source": spec.source,
+        }
+    return {"file": str(path), "format": _sniff(path), "networks": nets}
+
+
+def load_generator(path: str | os.PathLike, which: str = "G_ema") -> Generator:
+    """Load a generator (by default the EMA generator of a snapshot) in eval mode."""
+    specs = read_networks(path)
+    if which not in specs:
+        has = ", ".join(sorted(specs)) or "nothing"
+        raise CheckpointError(f"{path}: holds no generator {which!r} (it holds {has})")
+    spec = specs[which]
+    if spec.kind != KIND_GENERATOR:
+        raise CheckpointError(f"{path}: {which} is a {spec.kind}, not a generator")
+    G = spec.build()
+    G.source = spec.source
+    return G
+
+
+def load_discriminator(path: str | os.PathLike) -> Discriminator:
+    """Load the discriminator of a snapshot in eval mode."""
+    specs = read_networks(path)
+    if "D" not in specs:
+        has = ", ".join(sorted(specs)) or "nothing"
+        raise CheckpointError(f"{path}: holds no discriminator (it holds {has})")
+    D = specs["D"].build()
+    D.source = specs["D"].source
+    return D
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def atomic_write_path(final: Path) -> Path:
+    """A temporary path next to ``final`` (same directory, so the rename is atomic)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_network(
+    net: Generator | Discriminator,
+    path: str | os.PathLike,
+    source: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a network as safetensors with ``toon`` metadata (atomically)."""
+    path = Path(path)
+    kind = KIND_GENERATOR if isinstance(net, Generator) else KIND_DISCRIMINATOR
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "arch": net.arch,
+        "source": dict(source or getattr(net, "source", {}) or {}),
+    }
+    if extra:
+        info.update(extra)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    tmp = atomic_write_path(path)
+    try:
+        save_file(state, str(tmp), metadata={"toon": json.dumps(info, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, which: str = "G_ema") -> Path:
+    """Convert any supported checkpoint's generator (or ``which="D"``) to our safetensors."""
+    specs = read_networks(src)
+    if which not in specs:
+        has = ", ".join(sorted(specs)) or "nothing"
+        raise CheckpointError(f"{src}: holds no {which!r} (it holds {has})")
+    net = specs[which].build()
+    return save_network(net, out, source=specs[which].source)
