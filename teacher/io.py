@@ -196,7 +196,9 @@ def discriminator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) 
                 if ek not in _D_EPILOGUE:
                     raise CheckpointError(f"unsupported discriminator epilogue argument {ek!r}")
                 if ek == "activation" and arch.get("activation", ev) != ev:
-                    raise CheckpointError("different block and epilogue activations are unsupported")
+                    raise CheckpointError(
+                        "different block and epilogue activations are unsupported"
+                    )
                 arch[ek] = ev
         else:
             raise CheckpointError(f"unsupported discriminator argument {key!r}")
@@ -302,7 +304,9 @@ def _spec_from_record(key: str, rec: PersistentRecord) -> NetworkSpec:
         arch = discriminator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
         kind = KIND_DISCRIMINATOR
     else:
-        raise CheckpointError(f"snapshot entry {key!r} is a {rec.class_name!r}, not a StyleGAN2 network")
+        raise CheckpointError(
+            f"snapshot entry {key!r} is a {rec.class_name!r}, not a StyleGAN2 network"
+        )
     state = dict(rec.state_dict())
     if any(name.startswith("synthesis.input.") for name in state):
         raise CheckpointError("StyleGAN3 (alias-free) generators are not supported")
@@ -338,11 +342,15 @@ def _read_safetensors(path: Path) -> dict[str, NetworkSpec]:
         raise CheckpointError("safetensors 'toon' metadata is not valid JSON") from None
     version = info.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"unsupported model format version {version!r} (expected {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"unsupported model format version {version!r} (expected {FORMAT_VERSION})"
+        )
     kind = info.get("kind")
     if kind not in (KIND_GENERATOR, KIND_DISCRIMINATOR):
         raise CheckpointError(f"file holds a {kind!r}, not a teacher network")
-    spec = NetworkSpec(kind=kind, arch=dict(info["arch"]), state=state, source=info.get("source", {}))
+    spec = NetworkSpec(
+        kind=kind, arch=dict(info["arch"]), state=state, source=info.get("source", {})
+    )
     return {"G_ema" if kind == KIND_GENERATOR else "D": spec}
 
 
@@ -427,7 +435,9 @@ def save_network(
     return path
 
 
-def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, which: str = "G_ema") -> Path:
+def convert_checkpoint(
+    src: str | os.PathLike, out: str | os.PathLike, which: str = "G_ema"
+) -> Path:
     """Convert any supported checkpoint's generator (or ``which="D"``) to our safetensors."""
     specs = read_networks(src)
     if which not in specs:

@@ -321,7 +321,9 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def _module_record_class(name: str) -> type:
-    return type(name, (ModuleRecord,), {"__init__": lambda self, *a: ModuleRecord.__init__(self, name)})
+    return type(
+        name, (ModuleRecord,), {"__init__": lambda self, *a: ModuleRecord.__init__(self, name)}
+    )
 
 
 class _StorageUnpickler(RestrictedUnpickler):
@@ -386,7 +388,9 @@ def read_legacy_storage(blob: bytes) -> torch.Tensor:
     data = f.read(count * itemsize)
     if len(data) != count * itemsize:
         raise CorruptPickleError("storage blob is truncated")
-    return torch.frombuffer(bytearray(data), dtype=dtype) if count else torch.empty([0], dtype=dtype)
+    return (
+        torch.frombuffer(bytearray(data), dtype=dtype) if count else torch.empty([0], dtype=dtype)
+    )
 
 
 def restricted_load(file: BinaryIO) -> Any:
@@ -396,9 +400,21 @@ def restricted_load(file: BinaryIO) -> Any:
         return RestrictedUnpickler(file).load()
     except pickle.UnpicklingError:
         raise
-    except (EOFError, struct.error, ValueError, IndexError, KeyError, TypeError, AttributeError,
-            MemoryError, RecursionError, UnicodeDecodeError) as e:
-        raise CorruptPickleError(f"truncated or malformed pickle ({type(e).__name__}: {e})") from None
+    except (
+        EOFError,
+        struct.error,
+        ValueError,
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        MemoryError,
+        RecursionError,
+        UnicodeDecodeError,
+    ) as e:
+        raise CorruptPickleError(
+            f"truncated or malformed pickle ({type(e).__name__}: {e})"
+        ) from None
 
 
 def iter_records(obj: Any) -> Iterator[PersistentRecord]:

@@ -1,0 +1,1 @@
+"""Pairs: torch-free face alignment, dataset preparation, pair generation jobs, the shard format."""

@@ -1,0 +1,1 @@
+"""Student: the lightweight pix2pix generator and discriminators, losses, training, evaluation."""

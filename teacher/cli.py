@@ -1,0 +1,135 @@
+"""``toon-teacher``: import, inspect and sample teacher networks.
+
+Subcommands:
+  import SRC OUT.safetensors   convert an NVIDIA/TF/rosinality checkpoint to our format
+  inspect FILE                 print what a checkpoint holds (JSON)
+  sample --network FILE ...    render seeds to PNGs plus a grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from teacher.io import CheckpointError, convert_checkpoint, load_generator, read_model_info
+from teacher.sample import make_grid, parse_seeds, sample_images, save_png
+
+PROG = "toon-teacher"
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    return dev
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"output {out} must end in .safetensors")
+    convert_checkpoint(args.src, out, which=args.which)
+    info = read_model_info(out)
+    net = next(iter(info["networks"].values()))
+    print(
+        f"wrote {out}: {net['kind']}, {net['parameters']:,} parameters, "
+        f"{net['arch'].get('img_resolution')} px"
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    info = read_model_info(args.file)
+    print(json.dumps(info, indent=2, sort_keys=False, default=str))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    seeds = parse_seeds(args.seeds)
+    device = pick_device(args.device)
+    G = load_generator(args.network).to(device)
+    outdir = Path(args.outdir)
+    images = []
+    for seed, img in sample_images(
+        G,
+        seeds,
+        truncation_psi=args.trunc,
+        truncation_cutoff=args.trunc_cutoff,
+        noise_mode=args.noise_mode,
+        class_idx=args.class_idx,
+        batch_size=args.batch,
+        device=device,
+    ):
+        save_png(img, outdir / f"seed{seed:04d}.png")
+        images.append(img)
+    if not args.no_grid:
+        save_png(make_grid(images), outdir / "grid.png")
+    print(f"wrote {len(images)} images{'' if args.no_grid else ' and grid.png'} to {outdir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Teacher networks: import, inspect, sample.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pi = sub.add_parser("import", help="convert a checkpoint to toon-distill safetensors")
+    pi.add_argument("src", help="NVIDIA .pkl (PyTorch or TF era), rosinality .pt or .safetensors")
+    pi.add_argument("out", help="output .safetensors path")
+    pi.add_argument(
+        "--which",
+        default="G_ema",
+        choices=["G_ema", "G", "D"],
+        help="which network of a snapshot to convert (default G_ema)",
+    )
+    pi.set_defaults(func=cmd_import)
+
+    pn = sub.add_parser("inspect", help="print what a checkpoint file holds")
+    pn.add_argument("file")
+    pn.set_defaults(func=cmd_inspect)
+
+    ps = sub.add_parser("sample", help="render images for seeds")
+    ps.add_argument("--network", required=True, help="generator checkpoint")
+    ps.add_argument("--seeds", default="0-15", help="seeds, e.g. 0-15,42 (default 0-15)")
+    ps.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1)")
+    ps.add_argument(
+        "--trunc-cutoff", type=int, default=None, help="truncate only the first N ws (default: all)"
+    )
+    ps.add_argument("--noise-mode", default="const", choices=["const", "random", "none"])
+    ps.add_argument(
+        "--class",
+        dest="class_idx",
+        type=int,
+        default=None,
+        help="class index for conditional generators",
+    )
+    ps.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    ps.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    ps.add_argument("--outdir", required=True)
+    ps.add_argument("--no-grid", action="store_true", help="skip grid.png")
+    ps.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, ValueError, OSError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

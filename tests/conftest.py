@@ -1,0 +1,64 @@
+"""Shared test helpers: where the shared fixtures live, and small network factories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TOON_SHARED", REPO.parent / "shared"))
+
+
+def shared_file(*parts: str) -> Path:
+    """Path of a file in the shared material; skips the test when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared fixture {path} not found (set TOON_SHARED to the shared folder)")
+    return path
+
+
+def tiny_generator(**overrides) -> torch.nn.Module:
+    """A small random generator (16 px, 32 channels) for fast tests."""
+    from teacher.networks import Generator
+
+    kw = dict(
+        z_dim=32,
+        c_dim=0,
+        w_dim=32,
+        img_resolution=16,
+        mapping_layers=2,
+        channel_base=512,
+        channel_max=32,
+    )
+    kw.update(overrides)
+    return Generator(**kw).eval()
+
+
+def tiny_discriminator(**overrides) -> torch.nn.Module:
+    """A small random discriminator (16 px, 32 channels) for fast tests."""
+    from teacher.networks import Discriminator
+
+    kw = dict(c_dim=0, img_resolution=16, channel_base=512, channel_max=32, mbstd_group_size=2)
+    kw.update(overrides)
+    return Discriminator(**kw).eval()
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)
+    yield
+
+
+@torch.no_grad()
+def randomize_(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every bias and noise strength a random non-zero value (defaults are zero), like a
+    trained network, so tests see every term. FIR filters are left alone."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in net.named_parameters():
+        if name.endswith("bias") or name.endswith("noise_strength"):
+            scale = 0.2 if not name.endswith("affine.bias") else 0.1
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return net
