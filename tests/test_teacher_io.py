@@ -68,7 +68,7 @@ def write_snapshot(path: Path, nets: dict, module_src: str = "# src\n") -> None:
                 },
             }
             data[key] = _Persistent(meta, mod._reconstruct_persistent_obj)
-        data["augment_pipe"] = None
+        data.setdefault("augment_pipe", None)
         with open(path, "wb") as f:
             pickle.dump(data, f, protocol=4)
     finally:
@@ -306,3 +306,39 @@ def test_snapshot_lists_all_networks():
     g, g_ema = specs["G"].state, specs["G_ema"].state
     assert not torch.equal(g["synthesis.b4.conv1.weight"], g_ema["synthesis.b4.conv1.weight"])
     assert torch.equal(g["mapping.w_avg"], g_ema["mapping.w_avg"])
+
+
+def test_snapshot_with_augment_pipe_and_conditional_networks(tmp_path):
+    """A conditional snapshot that also carries an augment pipe (as ADA runs write them)."""
+    G = randomize_(tiny_generator(c_dim=4))
+    D = randomize_(tiny_discriminator(c_dim=4))
+    pipe = torch.nn.Module()
+    pipe.register_buffer("p", torch.tensor(0.3))
+    pipe.register_buffer("Hz_geom", torch.randn(12))
+    d_kwargs = {
+        "c_dim": 4,
+        "img_resolution": 16,
+        "img_channels": 3,
+        "channel_base": 512,
+        "channel_max": 32,
+        "block_kwargs": {},
+        "mapping_kwargs": {},
+        "epilogue_kwargs": {"mbstd_group_size": 2},
+    }
+    path = tmp_path / "cond.pkl"
+    write_snapshot(
+        path,
+        {
+            "G_ema": ("Generator", _nvidia_g_kwargs(G), G),
+            "D": ("Discriminator", d_kwargs, D),
+            "augment_pipe": ("AugmentPipe", {"xflip": 1, "scale": 1, "noise": 1}, pipe),
+        },
+    )
+    assert set(read_networks(path)) == {"G_ema", "D"}
+    G2, D2 = load_generator(path), load_discriminator(path)
+    assert G2.c_dim == 4 and D2.c_dim == 4
+    z, c = torch.randn(4, G.z_dim), torch.eye(4)
+    with torch.no_grad():
+        img = G(z, c, noise_mode="const")
+        assert torch.equal(img, G2(z, c, noise_mode="const"))
+        assert torch.equal(D(img, c), D2(img, c))
