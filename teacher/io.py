@@ -44,6 +44,7 @@ from teacher.pickle_reader import (
 FORMAT_VERSION = 1
 KIND_GENERATOR = "teacher.generator"
 KIND_DISCRIMINATOR = "teacher.discriminator"
+KIND_SNAPSHOT = "teacher.snapshot"  # G, D and G_ema in one file, tensors prefixed "G." etc.
 _LEGACY_TORCH_PREFIX = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
@@ -346,6 +347,14 @@ def _read_safetensors(path: Path) -> dict[str, NetworkSpec]:
             f"unsupported model format version {version!r} (expected {FORMAT_VERSION})"
         )
     kind = info.get("kind")
+    if kind == KIND_SNAPSHOT:
+        specs = {}
+        for key, arch in info["arch"].items():
+            prefix = key + "."
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            net_kind = KIND_DISCRIMINATOR if key == "D" else KIND_GENERATOR
+            specs[key] = NetworkSpec(net_kind, dict(arch), sub, source=info.get("source", {}))
+        return specs
     if kind not in (KIND_GENERATOR, KIND_DISCRIMINATOR):
         raise CheckpointError(f"file holds a {kind!r}, not a teacher network")
     spec = NetworkSpec(
@@ -445,3 +454,35 @@ def convert_checkpoint(
         raise CheckpointError(f"{src}: holds no {which!r} (it holds {has})")
     net = specs[which].build()
     return save_network(net, out, source=specs[which].source)
+
+
+def save_snapshot(
+    nets: Mapping[str, Generator | Discriminator],
+    path: str | os.PathLike,
+    source: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write several networks (``{"G": ..., "D": ..., "G_ema": ...}``) into one safetensors
+    file of kind ``teacher.snapshot`` (atomically). ``load_generator`` reads its ``G_ema``."""
+    path = Path(path)
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND_SNAPSHOT,
+        "arch": {key: net.arch for key, net in nets.items()},
+        "source": dict(source or {}),
+    }
+    if extra:
+        info.update(extra)
+    state = {
+        f"{key}.{k}": v.detach().to("cpu").contiguous()
+        for key, net in nets.items()
+        for k, v in net.state_dict().items()
+    }
+    tmp = atomic_write_path(path)
+    try:
+        save_file(state, str(tmp), metadata={"toon": json.dumps(info, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

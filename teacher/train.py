@@ -1,0 +1,604 @@
+"""StyleGAN2-ADA fine-tuning (transfer learning with ADA and FreezeD) as one plain loop.
+
+Phases of a step, as in StyleGAN2-ADA: G main (every step), G path-length regularization
+(every ``g_reg_interval`` steps), D main (every step), D R1 regularization (every
+``d_reg_interval`` steps), then the EMA generator update and the ADA probability update.
+Adam's learning rate and betas are corrected for lazy regularization
+(``lr * k/(k+1)``, ``beta ** (k/(k+1))`` for interval k).
+
+Multi-process: run under ``torchrun``; every process draws the same global random inputs and
+takes its slice of the global batch; gradients are summed across processes with
+``all_reduce`` (the loss is normalised by the global batch), so the update equals a
+single-process step on the same global batch. ``batch_gpu`` splits a process's share into
+chunks whose gradients accumulate (memory, not results).
+
+Run directory: ``config.json`` (the resolved config), ``stats.jsonl`` (one line per tick),
+TensorBoard events, ``reals.png`` and ``fakes{kimg}.png`` grids,
+``network-snapshot-{kimg}.safetensors`` (G, D, G_ema) every ``snap`` ticks, and
+``resume-state.pt`` (networks, optimizers, ADA p, counters, RNG states) written atomically
+every tick: starting the same command again continues from the last tick.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from teacher.config import TrainConfig
+from teacher.dataset import ImageDataset, index_stream
+from teacher.io import atomic_write_path, read_networks, save_snapshot
+from teacher.loss import LatentDraw, StyleGAN2Loss
+from teacher.networks import Discriminator, Generator
+from teacher.sample import make_grid, save_png, to_uint8
+
+
+class TrainError(Exception):
+    """A run cannot start or continue (one-line message)."""
+
+
+@dataclass
+class DistInfo:
+    """Process group facts (a single process when ``world == 1``)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Read torchrun's environment; NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world=world, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup helpers
+
+
+def _build_networks(
+    cfg: TrainConfig, resolution: int, c_dim: int, device: torch.device
+) -> tuple[Generator, Discriminator, Generator, dict[str, Any]]:
+    """G, D, G_ema from ``cfg.base`` (by name) or fresh from the preset's architecture."""
+    source: dict[str, Any] = {}
+    if cfg.base:
+        specs = read_networks(cfg.base)
+        if "G" not in specs and "G_ema" not in specs:
+            raise TrainError(f"{cfg.base}: holds no generator to fine-tune")
+        g_spec = specs.get("G") or specs["G_ema"]
+        ema_spec = specs.get("G_ema") or g_spec
+        if g_spec.arch["img_resolution"] != resolution:
+            raise TrainError(
+                f"data is {resolution}x{resolution} but {cfg.base} generates "
+                f"{g_spec.arch['img_resolution']}x{g_spec.arch['img_resolution']}"
+            )
+        if g_spec.arch["c_dim"] != c_dim:
+            raise TrainError(
+                f"data has {c_dim} label dims but {cfg.base} expects {g_spec.arch['c_dim']}"
+            )
+        G = g_spec.build().train()
+        G_ema = ema_spec.build().eval()
+        if "D" in specs:
+            d_arch = dict(specs["D"].arch)
+            d_arch.update(freeze_layers=cfg.freezed, mbstd_group_size=cfg.mbstd_group_size)
+            D = Discriminator(**d_arch)
+            D.load_state_dict(specs["D"].state, strict=True)
+        else:
+            D = _fresh_discriminator(cfg, G)
+        source = {"base": dict(g_spec.source), "base_has_D": "D" in specs}
+    else:
+        G = Generator(
+            z_dim=cfg.z_dim,
+            c_dim=c_dim,
+            w_dim=cfg.w_dim,
+            img_resolution=resolution,
+            mapping_layers=cfg.mapping_layers,
+            channel_base=cfg.channel_base,
+            channel_max=cfg.channel_max,
+            num_fp16_res=cfg.num_fp16_res,
+            conv_clamp=cfg.conv_clamp,
+        ).train()
+        G_ema = copy.deepcopy(G).eval()
+        D = _fresh_discriminator(cfg, G)
+    G_ema.requires_grad_(False)
+    return G.to(device), D.train().to(device), G_ema.to(device), source
+
+
+def _fresh_discriminator(cfg: TrainConfig, G: Generator) -> Discriminator:
+    return Discriminator(
+        c_dim=G.c_dim,
+        img_resolution=G.img_resolution,
+        img_channels=G.img_channels,
+        channel_base=G.arch["channel_base"],
+        channel_max=G.arch["channel_max"],
+        num_fp16_res=G.arch["num_fp16_res"],
+        conv_clamp=G.arch["conv_clamp"],
+        mbstd_group_size=cfg.mbstd_group_size,
+        freeze_layers=cfg.freezed,
+    )
+
+
+def _make_optimizer(params, lr: float, betas, eps: float, reg_interval: int) -> torch.optim.Adam:
+    ratio = reg_interval / (reg_interval + 1) if reg_interval > 0 else 1.0
+    return torch.optim.Adam(
+        [p for p in params if p.requires_grad],
+        lr=lr * ratio,
+        betas=(betas[0] ** ratio, betas[1] ** ratio),
+        eps=eps,
+    )
+
+
+def _make_augment(cfg: TrainConfig, device: torch.device):
+    if not cfg.augpipe or cfg.augpipe == "none":
+        return None
+    from teacher.augment import make_augment_pipe
+
+    pipe = make_augment_pipe(cfg.augpipe).to(device)
+    pipe.p.copy_(torch.as_tensor(cfg.p))
+    return pipe
+
+
+def prepare_run_dir(cfg: TrainConfig) -> bool:
+    """Create the run dir and write ``config.json``; return True when resuming.
+
+    An existing run dir must hold the same config (``kimg`` may grow): a different one is
+    refused rather than mixed.
+    """
+    out = Path(cfg.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        new = json.loads(cfg.to_json())
+        diff = sorted(k for k in set(old) | set(new) if k != "kimg" and old.get(k) != new.get(k))
+        if diff:
+            raise TrainError(
+                f"{out} holds a run with a different config ({', '.join(diff)}); "
+                "use a new --outdir or the same settings to resume"
+            )
+    tmp = atomic_write_path(cfg_path)
+    tmp.write_text(cfg.to_json())
+    os.replace(tmp, cfg_path)
+    return (out / "resume-state.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Random inputs of a step
+
+
+def draw_step_inputs(
+    rng: torch.Generator, cfg: TrainConfig, G: Generator, num_ws: int, c_sampler: Callable
+) -> dict[str, Any]:
+    """All random inputs of one step for the global batch (identical on every process)."""
+    B = cfg.batch
+    out: dict[str, Any] = {}
+    for phase in ("G", "Gpl", "D"):
+        z = torch.randn([B, G.z_dim], generator=rng)
+        mix_z = torch.randn([B, G.z_dim], generator=rng)
+        cutoff = int(torch.randint(1, num_ws, [], generator=rng)) if num_ws > 1 else num_ws
+        if float(torch.rand([], generator=rng)) >= cfg.style_mixing_prob:
+            cutoff = num_ws
+        out[phase] = LatentDraw(z, c_sampler(B, rng), mix_z, cutoff)
+    pl_b = max(B // cfg.pl_batch_shrink, 1)
+    res = G.img_resolution
+    out["pl_noise"] = torch.randn([pl_b, G.img_channels, res, res], generator=rng) / math.sqrt(
+        res * res
+    )
+    return out
+
+
+def snapshot_tag(nimg: int) -> str:
+    """``000040`` for 40 kimg (NVIDIA's naming); ``000000.064`` for fractional kimg."""
+    return f"{nimg // 1000:06d}" if nimg % 1000 == 0 else f"{nimg / 1000:010.3f}"
+
+
+def _local(draw: LatentDraw, sl: slice, device: torch.device) -> LatentDraw:
+    d = draw.slice(sl.start, sl.stop)
+    return LatentDraw(d.z.to(device), d.c.to(device), d.mix_z.to(device), d.mix_cutoff)
+
+
+def _rank_slice(n: int, world: int, rank: int) -> slice:
+    per = n // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _sum_grads(module: torch.nn.Module, world: int) -> None:
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world > 1 and params:
+        flat = torch.cat([p.grad.flatten() for p in params])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+    for p in params:
+        torch.nan_to_num_(p.grad, nan=0, posinf=1e5, neginf=-1e5)
+
+
+def _all_sum(values: list[float], world: int) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def training_loop(
+    cfg: TrainConfig,
+    dist_info: DistInfo | None = None,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) fine-tuning as configured; returns the final counters and stats.
+
+    ``stop_after_steps`` ends the process after that many steps in this call without writing
+    anything more (used to simulate a kill in tests).
+    """
+    di = dist_info or DistInfo()
+    device = di.device
+    if cfg.batch % di.world:
+        raise TrainError(f"--batch {cfg.batch} is not divisible by {di.world} processes")
+    local_batch = cfg.batch // di.world
+    batch_gpu = cfg.batch_gpu or local_batch
+    if local_batch % batch_gpu:
+        raise TrainError(f"--batch-gpu {batch_gpu} must divide the per-process batch {local_batch}")
+    force_fp32 = device.type != "cuda"
+    out = Path(cfg.outdir)
+    resuming = prepare_run_dir(cfg) if di.main else False
+    if di.world > 1:
+        flag = torch.tensor([int(resuming)])
+        dist.broadcast(flag, 0)
+        resuming = bool(flag.item())
+
+    data = ImageDataset(cfg.data, mirror=cfg.mirror, use_labels=cfg.cond)
+    if di.main:
+        data.check_all()
+    G, D, G_ema, source = _build_networks(cfg, data.resolution, data.label_dim, device)
+    if batch_gpu % min(cfg.mbstd_group_size, batch_gpu):
+        raise TrainError(
+            f"chunks of {batch_gpu} images do not split into mbstd groups of {cfg.mbstd_group_size}"
+        )
+    aug = _make_augment(cfg, device)
+    loss = StyleGAN2Loss(
+        G, D, aug, cfg.r1_gamma, cfg.pl_weight, cfg.pl_decay, cfg.noise_mode, force_fp32
+    )
+    opt_G = _make_optimizer(G.parameters(), cfg.glr, cfg.betas, cfg.eps, cfg.g_reg_interval)
+    opt_D = _make_optimizer(D.parameters(), cfg.dlr, cfg.betas, cfg.eps, cfg.d_reg_interval)
+    rng = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + 1000 * di.rank)
+
+    labels = data.labels
+
+    def c_sampler(n: int, gen: torch.Generator) -> torch.Tensor:
+        if labels is None:
+            return torch.zeros([n, 0])
+        idx = torch.randint(0, len(labels), [n], generator=gen).numpy()
+        return torch.from_numpy(labels[idx])
+
+    state = dict(cur_nimg=0, tick=0, step=0, ada_sign_sum=0.0, ada_sign_n=0.0, r_t=0.0)
+    if resuming:
+        state = _load_resume(out / "resume-state.pt", G, D, G_ema, opt_G, opt_D, aug, loss, rng)
+    # NVIDIA uses a faster ADA adjustment (100 kimg instead of 500) when starting from a base.
+    ada_kimg = cfg.ada_kimg if cfg.ada_kimg is not None else (100.0 if cfg.base else 500.0)
+
+    writer = None
+    if di.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out))
+        if not resuming:
+            reals = [data[i][0].transpose(1, 2, 0) for i in range(min(len(data), cfg.grid_seeds))]
+            save_png(make_grid(reals), out / "reals.png")
+    grid_z = torch.from_numpy(
+        np.random.RandomState(123).randn(cfg.grid_seeds, G.z_dim).astype(np.float32)
+    )
+    grid_c = c_sampler(cfg.grid_seeds, torch.Generator().manual_seed(123))
+
+    total_nimg = int(cfg.kimg * 1000)
+    tick_nimg = max(int(cfg.tick_kimg * 1000), 1)
+    tick_start_nimg = state["cur_nimg"]
+    tick_start_time = time.time()
+    sums: dict[str, float] = {}
+    bar = None
+    if di.main and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=total_nimg / 1000,
+            initial=state["cur_nimg"] / 1000,
+            unit="kimg",
+            desc="finetune",
+            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]",
+        )
+    steps_this_call = 0
+    num_ws = G.num_ws
+
+    def add(name: str, value: float) -> None:
+        sums[name] = sums.get(name, 0.0) + value
+        sums[name + "#n"] = sums.get(name + "#n", 0.0) + 1
+
+    while state["cur_nimg"] < total_nimg:
+        step = state["step"]
+        # -- data: this process's slice of the global batch -----------------------------------
+        idx = index_stream(len(data), cfg.seed, step * cfg.batch, cfg.batch)
+        idx = idx[_rank_slice(cfg.batch, di.world, di.rank)]
+        items = [data[int(i)] for i in idx]
+        real = torch.from_numpy(np.stack([it[0] for it in items])).to(device).float() / 127.5 - 1
+        real_c = torch.from_numpy(np.stack([it[1] for it in items])).to(device)
+        draws = draw_step_inputs(rng, cfg, G, num_ws, c_sampler)
+        sl = _rank_slice(cfg.batch, di.world, di.rank)
+
+        # -- G main -------------------------------------------------------------------------
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        opt_G.zero_grad(set_to_none=True)
+        draw = _local(draws["G"], sl, device)
+        for start in range(0, local_batch, batch_gpu):
+            lg = loss.g_main(draw.slice(start, start + batch_gpu), denom=cfg.batch)
+            lg.backward()
+            add("Loss/G/loss", lg.item() * cfg.batch / batch_gpu)
+        _sum_grads(G, di.world)
+        opt_G.step()
+        loss.update_w_avg(di.world)
+
+        # -- G path-length regularization ------------------------------------------------------
+        if cfg.pl_weight > 0 and cfg.g_reg_interval > 0 and step % cfg.g_reg_interval == 0:
+            opt_G.zero_grad(set_to_none=True)
+            pl_b = draws["pl_noise"].shape[0]
+            pl_sl = _rank_slice(pl_b, di.world, di.rank)
+            draw = _local(draws["Gpl"], pl_sl, device)
+            noise = draws["pl_noise"][pl_sl].to(device)
+            chunk = max(batch_gpu // cfg.pl_batch_shrink, 1)
+            length_sum = 0.0
+            for start in range(0, draw.z.shape[0], chunk):
+                lp, lengths = loss.g_pl(
+                    draw.slice(start, start + chunk), noise[start : start + chunk], denom=pl_b
+                )
+                (lp * cfg.g_reg_interval).backward()
+                length_sum += float(lengths.sum())
+                add("Loss/pl_penalty", lp.item() * pl_b / max(lengths.numel(), 1))
+            _sum_grads(G, di.world)
+            opt_G.step()
+            loss.update_w_avg(di.world)
+            (total_len,) = _all_sum([length_sum], di.world)
+            loss.update_pl_mean(torch.tensor(total_len / pl_b, dtype=torch.float32))
+
+        # -- D main (+ R1 every d_reg_interval steps) --------------------------------------------
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        do_r1 = cfg.r1_gamma > 0 and cfg.d_reg_interval > 0 and step % cfg.d_reg_interval == 0
+        opt_D.zero_grad(set_to_none=True)
+        draw = _local(draws["D"], sl, device)
+        sign_sum = 0.0
+        for start in range(0, local_batch, batch_gpu):
+            lf = loss.d_fake(draw.slice(start, start + batch_gpu), denom=cfg.batch)
+            lr_, logits = loss.d_real(
+                real[start : start + batch_gpu],
+                real_c[start : start + batch_gpu],
+                True,
+                False,
+                cfg.batch,
+            )
+            (lf + lr_).backward()
+            sign_sum += float(logits.sign().sum())
+            add("Loss/D/loss", (lf + lr_).item() * cfg.batch / batch_gpu)
+            add("Loss/scores/real", float(logits.mean()))
+        _sum_grads(D, di.world)
+        opt_D.step()
+        loss.update_w_avg(di.world)
+        if do_r1:
+            opt_D.zero_grad(set_to_none=True)
+            for start in range(0, local_batch, batch_gpu):
+                l1, _ = loss.d_real(
+                    real[start : start + batch_gpu],
+                    real_c[start : start + batch_gpu],
+                    False,
+                    True,
+                    cfg.batch,
+                )
+                (l1 * cfg.d_reg_interval).backward()
+                add("Loss/r1_penalty", l1.item() * cfg.batch / batch_gpu)
+            _sum_grads(D, di.world)
+            opt_D.step()
+        G.requires_grad_(False)
+        D.requires_grad_(False)
+
+        # -- EMA --------------------------------------------------------------------------------
+        state["cur_nimg"] += cfg.batch
+        state["step"] += 1
+        ema_nimg = cfg.ema_kimg * 1000
+        if cfg.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, state["cur_nimg"] * cfg.ema_rampup)
+        ema_beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+                p_ema.copy_(p.detach().lerp(p_ema, ema_beta))
+            for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+                b_ema.copy_(b)
+
+        # -- ADA ----------------------------------------------------------------------------------
+        state["ada_sign_sum"] += sign_sum
+        state["ada_sign_n"] += local_batch
+        if aug is not None and cfg.target is not None and state["step"] % cfg.ada_interval == 0:
+            s, n = _all_sum([state["ada_sign_sum"], state["ada_sign_n"]], di.world)
+            state["r_t"] = s / max(n, 1)
+            adjust = (
+                np.sign(state["r_t"] - cfg.target)
+                * (cfg.batch * cfg.ada_interval)
+                / (ada_kimg * 1000)
+            )
+            aug.p.copy_(torch.clamp(aug.p + float(adjust), 0.0, 1.0))
+            state["ada_sign_sum"] = 0.0
+            state["ada_sign_n"] = 0.0
+
+        steps_this_call += 1
+        if bar is not None:
+            bar.update(cfg.batch / 1000)
+        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+            if bar is not None:
+                bar.close()
+            return dict(state, stopped=True)
+
+        # -- tick: stats, resume state, snapshot ---------------------------------------------
+        done = state["cur_nimg"] >= total_nimg
+        if not done and state["cur_nimg"] < tick_start_nimg + tick_nimg:
+            continue
+        state["tick"] += 1
+        now = time.time()
+        kimg_done = (state["cur_nimg"] - tick_start_nimg) / 1000
+        stats = {k: v / sums[k + "#n"] for k, v in sums.items() if not k.endswith("#n")}
+        stats.update(
+            {
+                "Progress/tick": state["tick"],
+                "Progress/kimg": state["cur_nimg"] / 1000,
+                "Progress/augment": float(aug.p) if aug is not None else 0.0,
+                "Progress/r_t": state["r_t"],
+                "Timing/sec_per_kimg": (now - tick_start_time) / max(kimg_done, 1e-8),
+            }
+        )
+        if device.type == "cuda":
+            stats["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        sums.clear()
+        snapshot = done or state["tick"] % max(cfg.snap, 1) == 0
+        if di.main:
+            with open(out / "stats.jsonl", "a") as f:
+                f.write(json.dumps(stats) + "\n")
+            for k, v in stats.items():
+                writer.add_scalar(k, v, global_step=int(state["cur_nimg"] / 1000 * 1000))
+            _save_resume(out / "resume-state.pt", state, G, D, G_ema, opt_G, opt_D, aug, loss, rng)
+            if snapshot:
+                kimg_tag = snapshot_tag(state["cur_nimg"])
+                save_snapshot(
+                    {"G": G, "D": D, "G_ema": G_ema},
+                    out / f"network-snapshot-{kimg_tag}.safetensors",
+                    source=source,
+                    extra={
+                        "training": {
+                            "kimg": state["cur_nimg"] / 1000,
+                            "augment_p": float(aug.p) if aug is not None else 0.0,
+                            "config": json.loads(cfg.to_json()),
+                        }
+                    },
+                )
+                with torch.no_grad():
+                    imgs = G_ema(
+                        grid_z.to(device),
+                        grid_c.to(device),
+                        noise_mode="const",
+                        force_fp32=force_fp32,
+                    )
+                grid = make_grid(list(to_uint8(imgs)))
+                save_png(grid, out / f"fakes{kimg_tag}.png")
+                writer.add_image("fakes", grid, global_step=state["cur_nimg"], dataformats="HWC")
+                if cfg.metrics:
+                    _run_metrics(cfg, G_ema, data, device, out, state, writer)
+            writer.flush()
+        tick_start_nimg = state["cur_nimg"]
+        tick_start_time = time.time()
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    return dict(state, stopped=False)
+
+
+def _run_metrics(cfg, G_ema, data, device, out: Path, state: dict, writer) -> None:
+    from teacher.metrics import evaluate
+
+    def batches():
+        for start in range(0, len(data), 64):
+            chunk = [data[i][0] for i in range(start, min(start + 64, len(data)))]
+            yield torch.from_numpy(np.stack(chunk))
+
+    results = evaluate(
+        list(cfg.metrics),
+        G_ema,
+        batches,
+        {"inception": cfg.inception, "vgg16": cfg.vgg16},
+        device=device,
+    )
+    line = {"kimg": state["cur_nimg"] / 1000, "results": results}
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(line, default=str) + "\n")
+    for k, v in results.items():
+        if isinstance(v, (int, float)):
+            writer.add_scalar(f"Metrics/{k}", v, global_step=state["cur_nimg"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume state
+
+
+def _save_resume(path: Path, state, G, D, G_ema, opt_G, opt_D, aug, loss, rng) -> None:
+    blob = {
+        "counters": {k: float(v) if isinstance(v, float) else int(v) for k, v in state.items()},
+        "G": G.state_dict(),
+        "D": D.state_dict(),
+        "G_ema": G_ema.state_dict(),
+        "opt_G": opt_G.state_dict(),
+        "opt_D": opt_D.state_dict(),
+        "augment_p": aug.p.detach().cpu().clone() if aug is not None else torch.zeros([]),
+        "pl_mean": loss.pl_mean.detach().cpu().clone(),
+        "rng": rng.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    tmp = atomic_write_path(path)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _load_resume(path: Path, G, D, G_ema, opt_G, opt_D, aug, loss, rng) -> dict:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        G.load_state_dict(blob["G"])
+        D.load_state_dict(blob["D"])
+        G_ema.load_state_dict(blob["G_ema"])
+        opt_G.load_state_dict(blob["opt_G"])
+        opt_D.load_state_dict(blob["opt_D"])
+    except (RuntimeError, KeyError, EOFError, ValueError) as e:
+        raise TrainError(
+            f"{path}: cannot resume ({str(e).splitlines()[0]}); delete it to restart the run"
+        ) from None
+    if aug is not None:
+        aug.p.copy_(blob["augment_p"])
+    loss.pl_mean = blob["pl_mean"].to(loss.pl_mean.device)
+    rng.set_state(blob["rng"])
+    torch.set_rng_state(blob["torch_rng"])
+    if blob["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    return dict(blob["counters"])
