@@ -265,7 +265,7 @@ def read_networks(path: str | os.PathLike) -> dict[str, NetworkSpec]:
         msg = str(e)
         raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     for spec in specs.values():
-        spec.source = spec.source or source
+        spec.source = {**source, **spec.source}
     return specs
 
 
