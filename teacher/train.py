@@ -544,7 +544,7 @@ def _run_metrics(cfg, G_ema, data, device, out: Path, state: dict, writer) -> No
         list(cfg.metrics),
         G_ema,
         batches,
-        {"inception": cfg.inception, "vgg16": cfg.vgg16},
+        {"inception": cfg.inception or None, "vgg16": cfg.vgg16 or None},
         device=device,
     )
     line = {"kimg": state["cur_nimg"] / 1000, "results": results}

@@ -261,3 +261,27 @@ def test_finetune_cli_dry_run_and_errors(tmp_path, capsys):
     rc = main(["finetune", "--data", str(tmp_path / "nope"), "--outdir", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "dataset not found" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "target,p0,expected", [(-1.0, 0.0, 0.32), (2.0, 0.5, 0.18), (2.0, 0.1, 0.0)]
+)
+def test_ada_p_moves_toward_target_by_the_exact_step(tmp_path, target, p0, expected):
+    """r_t lies in [-1, 1]: a target of -1 means 'D overfits' (p rises), 2 means it never does
+    (p falls, clamped at 0). One adjustment after 4 steps of 8 images with ada_kimg 0.1:
+    8 * 4 / 100 = 0.32."""
+    cfg = tiny_cfg(
+        tmp_path,
+        "ada",
+        augpipe="bgc",
+        target=target,
+        p=p0,
+        ada_kimg=0.1,
+        kimg=0.032,
+        tick_kimg=0.032,
+        snap=1,
+    )
+    training_loop(cfg, progress=False)
+    line = json.loads((Path(cfg.outdir) / "stats.jsonl").read_text().splitlines()[-1])
+    assert line["Progress/augment"] == pytest.approx(expected, abs=1e-6)
+    assert -1.0 <= line["Progress/r_t"] <= 1.0
