@@ -7,6 +7,8 @@ Subcommands:
   blend --low F --high F ...   layer swapping: coarse blocks of one model, fine of the other
   blend-grid --low F ...       one image: seeds x (high, a blend per swap level, low)
   finetune --base F --data D   StyleGAN2-ADA transfer learning with ADA and FreezeD
+  project --network F ...      invert photos into the generator (W or W+)
+  toonify --base F --blended F the full teacher path for one photo
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import torch
 
 from teacher.blend import MAPPING_CHOICES, blend_files, blend_grid, parse_levels
 from teacher.cli_finetune import add_finetune_parser
+from teacher.cli_project import add_projection_parsers
 from teacher.dataset import DatasetError
 from teacher.io import CheckpointError, convert_checkpoint, load_generator, read_model_info
+from teacher.project import ProjectError
 from teacher.sample import make_grid, parse_seeds, sample_images, save_png
 from teacher.train import TrainError
 
@@ -225,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("--out", required=True, help="output PNG path")
     pg.set_defaults(func=cmd_blend_grid)
     add_finetune_parser(sub)
+    add_projection_parsers(sub)
     return p
 
 
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, DatasetError, TrainError, ValueError, OSError) as e:
+    except (CheckpointError, DatasetError, TrainError, ProjectError, ValueError, OSError) as e:
         if args.debug:
             traceback.print_exc()
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -1,0 +1,181 @@
+"""Projection (inversion) into the generator, the teacher's toonify path, identity distance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from teacher import load_generator, save_network
+from teacher.blend import blend_generators
+from teacher.cli import main
+from teacher.project import ProjectConfig, ProjectError, project, psnr, save_projected_w
+from tests.conftest import shared_file
+
+
+@pytest.fixture(scope="module")
+def G():
+    return load_generator(shared_file("fixtures", "tiny32.pkl"))
+
+
+def _targets(G, seed: int = 5, n: int = 2, mixed: bool = False) -> torch.Tensor:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(n, G.z_dim), None, truncation_psi=0.7)
+        if mixed:  # a different w for the fine layers: a point of W+ that W cannot reach
+            other = G.mapping(torch.randn(n, G.z_dim), None, truncation_psi=0.7)
+            ws[:, 4:] = other[:, 4:]
+        return G.synthesis(ws, noise_mode="const", force_fp32=True)
+
+
+def test_psnr_formula():
+    a = torch.zeros(1, 3, 4, 4)
+    b = torch.full_like(a, 0.2)  # mse 0.04 -> 10 log10(4 / 0.04) = 20 dB
+    assert psnr(a, b).item() == pytest.approx(20.0, abs=1e-4)
+
+
+def test_projection_recovers_a_rendered_latent(G):
+    """Targets rendered from known latents (noise const): W+ and W both reach >= 30 dB."""
+    target = _targets(G)
+    cfg = dict(optimize_noise=False, w_avg_samples=2000)
+    wplus = project(G, target, ProjectConfig(space="w+", steps=800, **cfg))
+    w = project(G, target, ProjectConfig(space="w", steps=400, **cfg))
+    assert wplus.ws.shape == (2, G.num_ws, G.w_dim) and w.ws.shape == (2, G.num_ws, G.w_dim)
+    assert psnr(wplus.images, target).min() >= 30.0
+    assert psnr(w.images, target).min() >= 30.0
+    # In W every layer gets the same w.
+    assert torch.equal(w.ws[:, 0], w.ws[:, -1])
+    # The latents replay: rendering them again gives the reconstruction.
+    with torch.no_grad():
+        again = G.synthesis(wplus.ws, noise_mode="const", force_fp32=True)
+    assert torch.allclose(again, wplus.images, atol=1e-5)
+
+
+def test_wplus_beats_w_on_targets_outside_w(G):
+    target = _targets(G, seed=7, mixed=True)
+    cfg = dict(steps=500, optimize_noise=False, w_avg_samples=2000)
+    a = psnr(project(G, target, ProjectConfig(space="w+", **cfg)).images, target)
+    b = psnr(project(G, target, ProjectConfig(space="w", **cfg)).images, target)
+    assert (a - b).mean() > 3.0, (a, b)
+
+
+def test_noise_optimization_keeps_maps_normalised(G):
+    target = _targets(G, n=1)
+    res = project(G, target, ProjectConfig(steps=30, optimize_noise=True, w_avg_samples=500))
+    assert res.noise and all(v.shape[-1] >= 4 for v in res.noise.values())
+    for v in res.noise.values():
+        assert abs(float(v.mean())) < 1e-4 and float(v.square().mean()) == pytest.approx(
+            1, abs=1e-3
+        )
+    # The user's generator is untouched.
+    assert all(not b.requires_grad for b in G.buffers())
+
+
+def test_vgg_distance_with_a_stand_in_network(G, tmp_path):
+    class StandIn(torch.nn.Module):
+        def forward(self, x: torch.Tensor, resize_images: bool = True, return_lpips: bool = False):
+            if resize_images or not return_lpips:
+                raise RuntimeError("called with the wrong flags")
+            f = torch.nn.functional.avg_pool2d(x / 255.0, 4).flatten(1)
+            return f / f.square().sum(dim=1, keepdim=True).sqrt()
+
+    path = tmp_path / "vgg16.pt"
+    torch.jit.script(StandIn()).save(str(path))
+    target = _targets(G, n=1)
+    res = project(
+        G, target, ProjectConfig(steps=60, optimize_noise=False, w_avg_samples=500), vgg16=path
+    )
+    assert res.losses[-1, 0] < res.losses[0, 0]
+    with pytest.raises(ProjectError, match="not found"):
+        project(G, target, ProjectConfig(steps=1, loss="vgg"), vgg16=tmp_path / "missing.pt")
+
+
+def test_projected_w_npz_layout(tmp_path):
+    ws = torch.randn(3, 8, 64)
+    path = save_projected_w(tmp_path / "projected_w.npz", ws, names=["a", "b", "c"])
+    data = np.load(path)
+    assert data["w"].dtype == np.float32 and data["w"].shape == (3, 8, 64)
+    assert np.array_equal(data["w"], ws.numpy()) and list(data["names"]) == ["a", "b", "c"]
+
+
+def test_project_cli_on_aligned_crops(G, tmp_path, capsys):
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i, img in enumerate(_targets(G, n=2)):
+        arr = ((img.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).round().byte().numpy()
+        Image.fromarray(arr).save(crops / f"face{i}.png")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "project",
+            "--network",
+            str(shared_file("fixtures", "tiny32.pkl")),
+            "--target",
+            str(crops),
+            "--aligned",
+            "--steps",
+            "20",
+            "--outdir",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0
+    data = np.load(out / "projected_w.npz")
+    assert data["w"].shape == (2, G.num_ws, G.w_dim) and list(data["names"]) == ["face0", "face1"]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["images"]] == ["face0", "face1"]
+    assert all(np.isfinite(r["psnr_db"]) for r in report["images"])
+    assert (out / "face0_proj.png").exists() and (out / "face1_target.png").exists()
+
+
+def test_toonify_cli_end_to_end(G, tmp_path):
+    photo = shared_file("faces", "obama_small.jpg")
+    base = shared_file("fixtures", "tiny32.pkl")
+    other = load_generator(base)
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if name.startswith("synthesis.b4") or name.startswith("synthesis.b8"):
+                p.add_(torch.randn_like(p) * 0.3)
+    blended = save_network(blend_generators(other, G, swap_res=8), tmp_path / "blend.safetensors")
+    out = tmp_path / "toon"
+    rc = main(
+        [
+            "toonify",
+            "--base",
+            str(base),
+            "--blended",
+            str(blended),
+            "--photo",
+            str(photo),
+            "--steps",
+            "10",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0
+    with Image.open(photo) as im:
+        size = im.size
+    with Image.open(out / "obama_small_toon.png") as res:
+        assert res.size == size
+    report = json.loads((out / "report.json").read_text())
+    assert report["faces"] == 1 and set(report["timings"]) >= {"align_s", "project_s", "render_s"}
+    assert (out / "obama_small_face0_toon.png").exists()
+
+
+def test_identity_distance_separates_people():
+    from pairs.align import align
+    from teacher.identity import SAME_PERSON_THRESHOLD, identity_distance
+
+    a = align(shared_file("faces", "obama_small.jpg"), size=256)[0].crop
+    b = align(shared_file("faces", "biden.jpg"), size=256)[0].crop
+    assert identity_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert identity_distance(a, np.ascontiguousarray(a[:, ::-1])) < SAME_PERSON_THRESHOLD
+    assert identity_distance(a, b) > SAME_PERSON_THRESHOLD
