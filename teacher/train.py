@@ -27,6 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,16 @@ def snapshot_tag(nimg: int) -> str:
     return f"{nimg // 1000:06d}" if nimg % 1000 == 0 else f"{nimg / 1000:010.3f}"
 
 
+class _Done:
+    """A finished future (used when no loader threads are configured)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
 def _local(draw: LatentDraw, sl: slice, device: torch.device) -> LatentDraw:
     d = draw.slice(sl.start, sl.stop)
     return LatentDraw(d.z.to(device), d.c.to(device), d.mix_z.to(device), d.mix_cutoff)
@@ -347,14 +358,28 @@ def training_loop(
         sums[name] = sums.get(name, 0.0) + value
         sums[name + "#n"] = sums.get(name + "#n", 0.0) + 1
 
+    # Images of step k are read (in threads) while step k-1 computes; which images a step reads
+    # depends only on (seed, k), so prefetching changes nothing else.
+    def load_step(k: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = index_stream(len(data), cfg.seed, k * cfg.batch, cfg.batch)
+        idx = idx[_rank_slice(cfg.batch, di.world, di.rank)]
+        items = [data[int(i)] for i in idx]
+        return np.stack([it[0] for it in items]), np.stack([it[1] for it in items])
+
+    loader = ThreadPoolExecutor(max_workers=cfg.workers) if cfg.workers > 0 else None
+    pending: dict[int, Any] = {}
+
     while state["cur_nimg"] < total_nimg:
         step = state["step"]
         # -- data: this process's slice of the global batch -----------------------------------
-        idx = index_stream(len(data), cfg.seed, step * cfg.batch, cfg.batch)
-        idx = idx[_rank_slice(cfg.batch, di.world, di.rank)]
-        items = [data[int(i)] for i in idx]
-        real = torch.from_numpy(np.stack([it[0] for it in items])).to(device).float() / 127.5 - 1
-        real_c = torch.from_numpy(np.stack([it[1] for it in items])).to(device)
+        images, labels_np = (
+            pending.pop(step) if step in pending else _Done(load_step(step))
+        ).result()
+        pending[step + 1] = (
+            loader.submit(load_step, step + 1) if loader else _Done(load_step(step + 1))
+        )
+        real = torch.from_numpy(images).to(device).float() / 127.5 - 1
+        real_c = torch.from_numpy(labels_np).to(device)
         draws = draw_step_inputs(rng, cfg, G, num_ws, c_sampler)
         sl = _rank_slice(cfg.batch, di.world, di.rank)
 
@@ -467,6 +492,8 @@ def training_loop(
         if stop_after_steps is not None and steps_this_call >= stop_after_steps:
             if bar is not None:
                 bar.close()
+            if loader is not None:
+                loader.shutdown(wait=False, cancel_futures=True)
             return dict(state, stopped=True)
 
         # -- tick: stats, resume state, snapshot ---------------------------------------------
@@ -529,6 +556,8 @@ def training_loop(
         bar.close()
     if writer is not None:
         writer.close()
+    if loader is not None:
+        loader.shutdown(wait=False, cancel_futures=True)
     return dict(state, stopped=False)
 
 
