@@ -62,3 +62,13 @@ def randomize_(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             scale = 0.2 if not name.endswith("affine.bias") else 0.1
             p.add_(torch.randn(p.shape, generator=g) * scale)
     return net
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``cuda`` when no CUDA GPU is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
