@@ -14,7 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 STUBS = [
     ("student.cli", "toon-student"),
-    ("export.cli", "toon-export"),
     ("export.serve_cli", "toon-serve"),
 ]
 
