@@ -20,8 +20,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# The repository first; bench/ itself is dropped (its pairs.py and student.py would shadow
+# the packages of the same names).
+sys.path[:] = [str(REPO)] + [
+    p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "bench")
+]
 
 import numpy as np  # noqa: E402
 

@@ -25,6 +25,7 @@ output or the export is refused.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -274,16 +275,22 @@ def _quantize_int8(src: Path, dst: Path, calib: np.ndarray, io: str) -> None:
         def get_next(self):
             return next(self.it, None)
 
-    quantize_static(
-        str(src),
-        str(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["Conv"],
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs advice per tensor at WARNING
+    try:
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+        )
+    finally:
+        root.setLevel(level)
 
 
 def load_calibration(pairs_dir: str | os.PathLike, size: int, count: int = 64) -> np.ndarray:
@@ -312,6 +319,7 @@ def export_onnx(
     precision: str = "fp32",
     calib_dir: str | None = None,
     opset: int = 17,
+    calib_images: np.ndarray | None = None,
 ) -> ExportReport:
     """Export, verify, then atomically write ``out``. See the module docstring."""
     if io not in ("uint8", "float"):
@@ -328,8 +336,8 @@ def export_onnx(
     stride = int(getattr(G, "stride", 1))
     if size % stride:
         raise ExportError(f"size {size} is not a multiple of the student's stride {stride}")
-    calib = None
-    if precision == "int8":
+    calib = calib_images
+    if precision == "int8" and calib is None:
         if not calib_dir:
             raise ExportError("--int8 needs --calib PAIRS_DIR (pair inputs to calibrate with)")
         calib = load_calibration(calib_dir, size)

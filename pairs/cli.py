@@ -1,10 +1,14 @@
-"""``toon-pairs``: align faces and prepare datasets (pair generation comes later).
+"""``toon-pairs``: align faces, prepare datasets, generate (photo, game-style) training pairs.
 
 Subcommands:
   align IN_DIR OUT   align every image of a folder (recursive) into a folder or .zip in the
                      layout of NVIDIA's dataset_tool.py, with a JSON report; resumable
+  generate ...       render pairs with the base and blended teachers into shards; resumable
+  verify DIR         check a pairs folder's shards against its manifest
+  preview DIR        src/dst grid of some pairs
+  stats DIR          counts and settings of a pairs folder
 
-Imports no torch.
+Imports no torch, except ``generate`` (which renders with the teachers).
 """
 
 from __future__ import annotations
@@ -163,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--quiet", action="store_true", help="no progress bar")
     pa.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     pa.set_defaults(func=cmd_align)
+    from pairs.cli_generate import add_generate_commands
+
+    add_generate_commands(sub)
     return p
 
 
@@ -174,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     from pairs.image import AlignError
+    from pairs.shards import PairsError
 
     try:
         return args.func(args)
-    except (AlignError, ValueError, OSError) as e:
+    except (AlignError, PairsError, ValueError, OSError) as e:
         if args.debug:
             traceback.print_exc()
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -1,0 +1,217 @@
+"""Benchmark: the exported student with ONNX Runtime, and toon-infer end to end.
+
+Measures, on this machine:
+- ONNX Runtime CPU latency (``--threads``, default 2) at batch 1 and throughput at batch 8 of the
+  default ``mobile`` student at 256x256 (random weights: speed does not depend on them), for
+  the fp32, fp16 and int8 exports;
+- ``toon-infer`` on a 1920x1080 photo with one face, run as a separate process: wall time of the
+  whole command, its start-up (``toon-infer --help``), the time inside (load + align + model +
+  paste + save, from its ``--json`` report) and the peak RSS of the process;
+- the teacher's path for the same face (``toon-teacher toonify``: 1000 projection steps at the
+  ``paper256`` architecture plus one render), estimated from timed steps, and the ratio of the
+  two.
+
+Prints one JSON object; asserts no time.
+
+    python bench/infer.py [--threads 2] [--student FILE] [--teacher-steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The repository first; bench/ itself is dropped (its pairs.py and student.py would shadow
+# the packages of the same names).
+sys.path[:] = [str(REPO)] + [
+    p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "bench")
+]
+
+import numpy as np  # noqa: E402
+
+
+def make_student(path: Path, size: int = 256) -> Path:
+    import torch
+
+    from student.io import save_student
+    from student.networks import build_generator, generator_arch
+
+    torch.manual_seed(0)
+    arch = generator_arch("mobile")
+    G = build_generator(arch).eval()
+    save_student(G, arch, path, training={"resolution": size})
+    return path
+
+
+def ort_timing(model: Path, threads: int, batch: int, size: int, min_s: float = 2.0) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    x = (np.random.RandomState(0).rand(batch, size, size, 3) * 255).astype(np.uint8)
+    for _ in range(3):
+        sess.run(None, {"image": x})
+    times = []
+    t_end = time.perf_counter() + min_s
+    while time.perf_counter() < t_end or len(times) < 5:
+        t = time.perf_counter()
+        sess.run(None, {"image": x})
+        times.append(time.perf_counter() - t)
+    med = float(np.median(times))
+    return {
+        "batch": batch,
+        "ms_median": round(med * 1e3, 2),
+        "images_per_s": round(batch / med, 1),
+        "runs": len(times),
+    }
+
+
+def run_cli(args: list[str], env: dict) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (KiB) of the child, stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    r = subprocess.run(args, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"{args[:3]} failed: {r.stderr[-500:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before), r.stdout
+
+
+def teacher_path_seconds(steps: int, threads: int) -> dict:
+    import torch
+
+    from teacher.networks import Generator
+    from teacher.project import ProjectConfig, project
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    G = Generator(
+        z_dim=512,
+        c_dim=0,
+        w_dim=512,
+        img_resolution=256,
+        mapping_layers=8,
+        channel_base=16384,
+        channel_max=512,
+        num_fp16_res=4,
+        conv_clamp=256,
+    ).eval()
+    stamps: list[float] = []
+    target = torch.rand(1, 3, 256, 256) * 2 - 1
+    project(
+        G,
+        target,
+        ProjectConfig(steps=steps + 1, optimize_noise=False, w_avg_samples=1000),
+        progress=lambda *_: stamps.append(time.perf_counter()),
+    )
+    per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    ws = torch.randn(1, G.num_ws, 512)
+    t = time.perf_counter()
+    with torch.no_grad():
+        G.synthesis(ws, noise_mode="const", force_fp32=True)
+    render = time.perf_counter() - t
+    return {
+        "sec_per_step": round(per_step, 4),
+        "render_s": round(render, 3),
+        "toonify_1000_steps_s": round(per_step * 1000 + render, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--student", default=None, help="student file (default: random mobile)")
+    ap.add_argument("--teacher-steps", type=int, default=3)
+    args = ap.parse_args()
+
+    from export.onnx_export import _sample_inputs, export_onnx
+
+    out: dict = {"benchmark": "infer", "python": platform.python_version(), "threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        student = Path(args.student) if args.student else make_student(tmp / "student.safetensors")
+        models = {}
+        for precision in ("fp32", "fp16", "int8"):
+            path = tmp / f"toon_{precision}.onnx"
+            calib = _sample_inputs(256, 16, seed=5) if precision == "int8" else None
+            rep = export_onnx(student, path, precision=precision, calib_images=calib)
+            models[precision] = path
+            out.setdefault("exports", {})[precision] = {
+                "bytes": path.stat().st_size,
+                "psnr_vs_torch_db": rep.checks["batches"]["1"]["psnr_db"],
+            }
+        out["ort_cpu"] = {
+            p: [ort_timing(m, args.threads, b, 256) for b in (1, 8)] for p, m in models.items()
+        }
+
+        from PIL import Image
+
+        from pairs.synthetic import render_photo_scene, sample_params
+
+        params = sample_params(np.random.default_rng(7))
+        scene, _ = render_photo_scene(
+            params,
+            canvas=(1920, 1080),
+            face_box=(760, 240, 1160, 640),
+            rng=np.random.default_rng(7),
+        )
+        photo = tmp / "photo1080.jpg"
+        Image.fromarray(scene).save(photo, quality=95)
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        cli = [sys.executable, "-m", "export.infer_cli"]
+        startup = min(run_cli(cli + ["--help"], env)[0] for _ in range(3))
+        walls, reports = [], []
+        peak = 0
+        for i in range(3):
+            wall, peak_i, stdout = run_cli(
+                cli
+                + [
+                    str(photo),
+                    "-o",
+                    str(tmp / f"o{i}.jpg"),
+                    "--model",
+                    str(models["fp32"]),
+                    "--threads",
+                    str(args.threads),
+                    "--json",
+                    "--device",
+                    "cpu",
+                ],
+                env,
+            )
+            walls.append(wall)
+            peak = max(peak, peak_i)
+            reports.append(json.loads(stdout.strip().splitlines()[-1]))
+        inside = float(np.median([r["timings_ms"]["total"] for r in reports]))
+        out["toon_infer_1080p"] = {
+            "faces": reports[0]["faces"],
+            "command_wall_s": round(float(np.median(walls)), 3),
+            "startup_help_s": round(startup, 3),
+            "processing_ms": round(inside, 1),
+            "stage_ms": {k: round(v, 1) for k, v in reports[-1]["timings_ms"].items()},
+            "peak_rss_mib": round(peak / 1024, 1),
+        }
+    teacher = teacher_path_seconds(args.teacher_steps, args.threads)
+    out["teacher_toonify_paper256"] = teacher
+    single = out["ort_cpu"]["fp32"][0]["ms_median"] / 1e3
+    out["ratio_teacher_path_over_student_pass"] = round(teacher["toonify_1000_steps_s"] / single)
+    out["ratio_teacher_path_over_toon_infer"] = round(
+        teacher["toonify_1000_steps_s"] / out["toon_infer_1080p"]["command_wall_s"]
+    )
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
