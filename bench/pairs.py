@@ -34,8 +34,11 @@ import time
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
+# The repository first; bench/ itself is dropped (its pairs.py and student.py would shadow
+# the packages of the same names).
+sys.path[:] = [str(_REPO)] + [
+    p for p in sys.path if Path(p or ".").resolve() not in (_REPO, _REPO / "bench")
+]
 
 import torch  # noqa: E402
 
