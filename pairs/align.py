@@ -308,7 +308,25 @@ def paste_back(
     base = load_image(image)
     if len(faces) != len(outputs):
         raise ValueError(f"{len(faces)} faces but {len(outputs)} outputs")
-    work = base.astype(np.float32)
+    # Only the union of the crops' bounding boxes can change: work on that region alone.
+    H, W = base.shape[:2]
+    boxes = []
+    for face in faces:
+        c = face.to_photo(
+            np.array([[-1.0, -1.0], [face.size, -1.0], [face.size, face.size], [-1.0, face.size]])
+        )
+        boxes.append((c.min(0), c.max(0)))
+    if not boxes:
+        return base.copy()
+    rx0 = int(max(min(np.floor(b[0][0]) for b in boxes) - 2, 0))
+    ry0 = int(max(min(np.floor(b[0][1]) for b in boxes) - 2, 0))
+    rx1 = int(min(max(np.ceil(b[1][0]) for b in boxes) + 3, W))
+    ry1 = int(min(max(np.ceil(b[1][1]) for b in boxes) + 3, H))
+    result = base.copy()
+    if rx1 <= rx0 or ry1 <= ry0:
+        return result
+    work = base[ry0:ry1, rx0:rx1].astype(np.float32)
+    to_region = np.array([[1.0, 0, -rx0], [0, 1.0, -ry0], [0, 0, 1.0]])
     for face, out in zip(faces, outputs, strict=True):
         out = np.asarray(out)
         if out.ndim == 2:
@@ -321,7 +339,6 @@ def paste_back(
         # (o + 0.5) * S / So - 0.5.
         r = face.size / out.shape[0]
         a = np.array([[r, 0, 0.5 * r - 0.5], [0, r, 0.5 * r - 0.5], [0, 0, 1.0]])
-        paste_crop(work, out, face.matrix @ a, feather=feather)
-    result = base.copy()
-    result[:, :, :3] = np.clip(np.rint(work[:, :, :3]), 0, 255).astype(np.uint8)
+        paste_crop(work, out, to_region @ face.matrix @ a, feather=feather)
+    result[ry0:ry1, rx0:rx1, :3] = np.clip(np.rint(work[:, :, :3]), 0, 255).astype(np.uint8)
     return result
