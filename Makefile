@@ -9,7 +9,7 @@ setup: $(BIN)/toon-teacher
 $(BIN)/toon-teacher: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,serve]'
 	touch $@
 
 test: setup

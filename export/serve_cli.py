@@ -1,17 +1,197 @@
-"""``toon-serve``: serve the ONNX model over HTTP (not built yet)."""
+"""``toon-serve``: the exported ONNX model as an HTTP service (Starlette app run by uvicorn).
+
+    toon-serve --model toon.onnx                          # http://127.0.0.1:8000/
+    toon-serve --model toon.onnx --host 0.0.0.0 --workers 2 --api-key-file keys.txt
+    curl --data-binary @photo.jpg 'http://127.0.0.1:8000/v1/toonify?format=jpeg' -o toon.jpg
+
+The model comes from ``--model``, else ``$TOON_MODEL``, ``./toon.onnx`` or
+``~/.local/share/toon-distill/toon.onnx``. API keys: ``$TOON_API_KEYS`` (comma separated) and/or
+``--api-key-file``; with any key set, ``/v1/*`` needs ``Authorization: Bearer KEY``. Logs are
+JSON lines: the server's on stderr, one access line per request on stdout.
+
+Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the model, the face models or
+the key file cannot be loaded or the port cannot be bound, 2 for usage errors. Without the
+``serve`` extra (starlette, uvicorn, python-multipart) it says how to install it.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+from dataclasses import asdict
 
 PROG = "toon-serve"
-WHAT = "will serve the exported ONNX model as a stateless HTTP service"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every flag maps to a field of ``export.serve.ServeConfig``."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve the exported ONNX model over HTTP: POST /v1/toonify, GET /v1/model, "
+        "/healthz, /readyz, /metrics, and a page to try it at /.",
+        epilog="Model lookup without --model: $TOON_MODEL, ./toon.onnx, "
+        "~/.local/share/toon-distill/toon.onnx. API keys: $TOON_API_KEYS and --api-key-file.",
+    )
+    p.add_argument("--model", default=None, help="the .onnx model (see lookup below)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--max-batch", type=int, default=8, help="faces per model call (default 8)")
+    p.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=5.0,
+        help="longest a face waits for others to share its model call (default 5)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=32,
+        help="requests held at once per worker; more get 503 + Retry-After (default 32)",
+    )
+    p.add_argument(
+        "--max-body-mb", type=float, default=20.0, help="request body limit in MiB (default 20)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        help="decoded image limit in pixels (default 40000000)",
+    )
+    p.add_argument(
+        "--max-faces", type=int, default=8, help="faces per photo, largest first (default 8)"
+    )
+    p.add_argument(
+        "--read-timeout", type=float, default=30.0, help="seconds to receive a body (default 30)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime CPU threads per worker (default: cores / workers)",
+    )
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=4,
+        help="threads for decoding, face alignment and encoding (default 4)",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--quality", type=int, default=90, help="default JPEG/WebP quality (90)")
+    p.add_argument("--api-key-file", default=None, help="API keys, one per line")
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser calls from ORIGIN (repeatable; '*' for any); default: CORS off",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="proxies trusted for X-Forwarded-For (uvicorn's; default 127.0.0.1)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``toon-serve``; says the command is not built yet and returns 2."""
-    print(f"{PROG}: not built yet ({WHAT})", file=sys.stderr)
-    return 2
+    """Entry point of ``toon-serve``: check everything that can fail, then run uvicorn."""
+    args = build_parser().parse_args(argv)
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        return _error(
+            f"the service needs the serve extra ({e.name} missing): "
+            "pip install 'toon-distill[serve]'"
+        )
+    from export.runtime import ModelError, Toonifier, default_model_path
+    from export.serve import CONFIG_ENV, ServeConfig, create_app, load_api_keys
+    from export.serve_metrics import log_config
+
+    model = args.model or default_model_path()
+    if model is None:
+        return _error(
+            "no model: pass --model FILE or set TOON_MODEL (make one with "
+            "'toon-export onnx --student student.safetensors --out toon.onnx')"
+        )
+    threads = args.threads
+    if threads is None and args.workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+    try:
+        config = ServeConfig(
+            model=str(model),
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            max_batch=args.max_batch,
+            batch_timeout_ms=args.batch_timeout_ms,
+            max_queue=args.max_queue,
+            max_body_bytes=int(args.max_body_mb * 2**20),
+            max_pixels=args.max_pixels,
+            max_faces=args.max_faces,
+            read_timeout_s=args.read_timeout,
+            threads=threads,
+            cpu_threads=args.cpu_threads,
+            device=args.device,
+            quality=args.quality,
+            api_key_file=args.api_key_file,
+            cors_origins=tuple(args.cors_origin),
+            access_log=not args.no_access_log,
+            log_level=args.log_level,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+        )
+    except ValueError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps(asdict(config), indent=2))
+        return 0
+    try:
+        keys = load_api_keys(config.api_key_file)
+    except OSError as e:
+        return _error(f"cannot read the API key file {config.api_key_file}: {e.strerror or e}")
+    if config.api_key_file and not keys:
+        return _error(f"{config.api_key_file}: no API keys in the file")
+    from pairs.detect import PREDICTOR_FILE, model_file
+    from pairs.image import AlignError
+
+    try:
+        model_file(PREDICTOR_FILE)
+        toon = Toonifier(
+            config.model, threads=threads, device=config.device, max_batch=config.max_batch
+        )
+    except (ModelError, AlignError) as e:
+        return _error(str(e))
+    common = dict(
+        host=config.host,
+        port=config.port,
+        log_config=log_config(config.log_level, config.access_log),
+        access_log=False,  # the app writes its own JSON access log
+        server_header=False,
+        forwarded_allow_ips=config.forwarded_allow_ips,
+        timeout_graceful_shutdown=30,
+    )
+    try:
+        if config.workers > 1:
+            del toon  # each worker process loads its own copy
+            os.environ[CONFIG_ENV] = config.to_json()
+            uvicorn.run("export.serve:app_from_env", factory=True, workers=config.workers, **common)
+        else:
+            uvicorn.run(create_app(config, toonifier=toon), **common)
+    except SystemExit as e:  # uvicorn exits 3 when it cannot bind or start (it logged why)
+        return 0 if not e.code else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 STUBS = [
     ("student.cli", "toon-student"),
-    ("export.serve_cli", "toon-serve"),
 ]
 
 TORCH_FREE = [
@@ -25,6 +24,9 @@ TORCH_FREE = [
     "export.runtime",
     "export.infer_cli",
     "export.serve_cli",
+    "export.serve",
+    "export.serve_batch",
+    "export.serve_metrics",
 ]
 
 
