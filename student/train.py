@@ -1,0 +1,518 @@
+"""Training the student (pix2pix / pix2pixHD style) as one plain loop.
+
+Phases of a step: data (a batch of pairs, augmented on the device: the same flip and affine on
+source and target, photometric jitter on the source only), G forward, D step (real pairs
+against the detached generated ones), G step (adversarial + feature matching + L1 + optional
+perceptual loss, through the updated D), batch-norm statistics synchronised across processes,
+then the EMA generator update. Learning rates are constant and then fall linearly to 0 over the
+last ``lr_decay`` of the run (pix2pix). Mixed precision (``amp``) only on CUDA; fp16 uses a
+gradient scaler per optimizer, bf16 needs none.
+
+Multi-process: run under ``torchrun``; each process reads its own slots of the shard stream
+(:mod:`student.data`) and takes ``batch / processes`` pairs per step; gradients (and batch-norm
+statistics) are averaged across processes with ``all_reduce``, so every process holds the same
+networks. Every process starts from the same seed, so the initial weights agree.
+
+Run directory: ``config.json`` (the resolved config), ``stats.jsonl`` (one line per tick:
+losses, timing, and held-out metrics at snapshots), TensorBoard events (the same scalars and the
+src | student | teacher grids), ``grid{kimg}.png``, ``student-{kimg}.safetensors`` (the EMA
+generator) every ``snap`` ticks, ``student.safetensors`` at the end, and ``resume-state.pt``
+(networks, optimizers, scalers, counters, RNG states) written atomically every tick. Starting
+the same command again continues from the last tick; on CPU, with the same process and worker
+counts, the continued run computes exactly what an uninterrupted one would (the data position
+is derived from the step count, see :mod:`student.data`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from student.config import StudentConfig
+from student.data import open_pairs, split_counts, train_loader
+from student.evaluate import comparison_grid, heldout_metrics, load_eval_set, run_student
+from student.io import save_student
+from student.loss import PerceptualLoss, d_loss, feature_matching, g_loss
+from student.networks import (
+    MultiscaleDiscriminator,
+    build_generator,
+    count_parameters,
+    generator_arch,
+)
+from student.ops import augment_pair, uint8_to_float
+from teacher.io import atomic_write_path
+from teacher.sample import save_png
+from teacher.train import DistInfo, init_distributed, snapshot_tag
+
+__all__ = [
+    "DistInfo",
+    "TrainError",
+    "init_distributed",
+    "lr_factor",
+    "prepare_run_dir",
+    "training_loop",
+]
+
+
+class TrainError(Exception):
+    """A run cannot start or continue (one-line message)."""
+
+
+def prepare_run_dir(cfg: StudentConfig) -> bool:
+    """Create the run dir and write ``config.json``; return True when resuming.
+
+    An existing run dir must hold the same config (``kimg`` may change, to extend a run, and
+    ``workers``, which changes the data order from then on); a different one is refused rather
+    than mixed.
+    """
+    out = Path(cfg.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        new = json.loads(cfg.to_json())
+        free = {"kimg", "workers"}  # a longer run; another worker count (a warning on resume)
+        diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
+        if diff:
+            raise TrainError(
+                f"{out} holds a run with a different config ({', '.join(diff)}); "
+                "use a new --outdir or the same settings to resume"
+            )
+    tmp = atomic_write_path(cfg_path)
+    tmp.write_text(cfg.to_json())
+    os.replace(tmp, cfg_path)
+    return (out / "resume-state.pt").exists()
+
+
+def lr_factor(nimg: int, total_nimg: int, decay: float) -> float:
+    """Learning-rate multiplier: 1, then linear to 0 over the last ``decay`` of the run."""
+    if decay <= 0 or total_nimg <= 0:
+        return 1.0
+    start = total_nimg * (1 - decay)
+    if nimg < start:
+        return 1.0
+    return max(0.0, (total_nimg - nimg) / (total_nimg * decay))
+
+
+# ---------------------------------------------------------------------------------------------
+# Process-group helpers
+
+
+def _all_reduce_mean_(tensors: list[torch.Tensor], world: int) -> None:
+    """Replace each tensor by its mean over the processes (one all_reduce for all)."""
+    flat = torch.cat([t.flatten() for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def _average_grads(module: torch.nn.Module, world: int) -> None:
+    if world == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    _all_reduce_mean_(grads, world)
+
+
+def _average_buffers(module: torch.nn.Module, world: int) -> None:
+    if world == 1:
+        return
+    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    _all_reduce_mean_(bufs, world)
+
+
+def _check_in_sync(module: torch.nn.Module, world: int, device: torch.device) -> None:
+    """Raise TrainError unless every process holds the same parameters (a checksum test)."""
+    if world == 1:
+        return
+    with torch.no_grad():
+        total = torch.stack([p.double().sum() for p in module.parameters()]).sum().view(1)
+    lo, hi = total.clone(), total.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if float(hi - lo) > 1e-9 * max(1.0, float(total.abs())):
+        raise TrainError("processes hold different generator weights (diverged); stopping")
+
+
+def _all_mean(values: list[float], world: int, device: torch.device) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
+    with torch.no_grad():
+        for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+            if b.is_floating_point():
+                b_ema.copy_(b.lerp(b_ema, beta))
+            else:
+                b_ema.copy_(b)
+
+
+def training_loop(
+    cfg: StudentConfig,
+    dist_info: DistInfo | None = None,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) student training as configured; returns the final counters
+    (``cur_nimg``, ``step``, ``tick``, ``stopped``).
+
+    ``dist_info`` defaults to one process on the CPU; ``toon-student train`` passes
+    :func:`init_distributed` (CUDA when present, torchrun's process group when launched so).
+    ``stop_after_steps`` ends the call after that many steps without writing anything more
+    (a kill, for tests).
+    """
+    di = dist_info or DistInfo()
+    device = di.device
+    if cfg.batch % di.world:
+        raise TrainError(f"--batch {cfg.batch} is not divisible by {di.world} processes")
+    local_batch = cfg.batch // di.world
+    info = open_pairs(cfg.pairs)
+    counts = split_counts(info, cfg.holdout_percent)
+    if counts["train"] == 0:
+        raise TrainError(f"{info.root}: every pair is held out; lower --holdout-percent")
+    vgg = None
+    if cfg.vgg16 and cfg.vgg_weight > 0:
+        vgg = PerceptualLoss(cfg.vgg16, device)  # a missing file fails before anything is written
+    out = Path(cfg.outdir)
+    resuming = prepare_run_dir(cfg) if di.main else False
+    if di.world > 1:
+        flag = torch.tensor([int(resuming)], device=device)
+        dist.broadcast(flag, 0)
+        resuming = bool(flag.item())
+
+    # -- networks and optimizers -------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    arch = generator_arch(cfg.arch)
+    G = build_generator(arch).to(device).train()
+    if info.resolution % G.stride:
+        raise TrainError(
+            f"pairs are {info.resolution}x{info.resolution} but the {cfg.arch} generator needs "
+            f"sizes divisible by {G.stride}"
+        )
+    D = MultiscaleDiscriminator(6, cfg.d_channels, cfg.d_layers, cfg.d_scales, cfg.d_norm)
+    D = D.to(device).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.glr, betas=tuple(cfg.betas))
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.dlr, betas=tuple(cfg.betas))
+    amp_dtype = None
+    if device.type == "cuda" and cfg.amp != "none":
+        amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+        if amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            amp_dtype = torch.float16
+            if di.main:
+                print("student: this GPU has no bfloat16; using float16 AMP", file=sys.stderr)
+    use_scaler = amp_dtype == torch.float16
+    scaler_G = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler_D = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    state: dict[str, Any] = dict(cur_nimg=0, step=0, tick=0)
+    if resuming:
+        state = _load_resume(
+            out / "resume-state.pt", (G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D), di, cfg
+        )
+
+    if resuming and di.main:
+        _truncate_stats(out / "stats.jsonl", state["step"])
+    source = {"pairs_manifest_sha256": info.manifest_sha256, "teachers": info.teachers}
+    eval_set = grid_set = None
+    writer = None
+    if di.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out))
+        n_load = max(cfg.eval_pairs, cfg.grid_pairs)
+        loaded = load_eval_set(info, cfg, n_load)
+        if loaded is not None:
+            eval_set = (loaded[0][: cfg.eval_pairs], loaded[1][: cfg.eval_pairs])
+            grid_set = (loaded[0][: cfg.grid_pairs], loaded[1][: cfg.grid_pairs])
+        if not resuming:
+            print(
+                f"student: {cfg.arch} generator, {count_parameters(G):,} parameters; "
+                f"{counts['train']} training and {counts['heldout']} held-out pairs at "
+                f"{info.resolution}px",
+                file=sys.stderr,
+            )
+
+    loader = train_loader(
+        info, cfg, di.rank, di.world, local_batch, state["step"], pin_memory=device.type == "cuda"
+    )
+    batches = iter(loader)
+
+    total_nimg = int(round(cfg.kimg * 1000))
+    tick_nimg = max(int(round(cfg.tick_kimg * 1000)), 1)
+    tick_start_nimg = state["cur_nimg"]
+    tick_start_time = time.time()
+    sums: dict[str, torch.Tensor] = {}
+    steps_in_tick = 0
+    bar = None
+    if di.main and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=total_nimg / 1000,
+            initial=state["cur_nimg"] / 1000,
+            unit="kimg",
+            desc="student",
+            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]",
+        )
+    steps_this_call = 0
+    concat_d = cfg.d_norm != "batch"  # batch norm in D must not mix real and fake pairs
+
+    def autocast():
+        return torch.autocast(
+            device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        )
+
+    def add(name: str, value: torch.Tensor) -> None:
+        v = value.detach().float()
+        sums[name] = sums[name] + v if name in sums else v
+
+    while state["cur_nimg"] < total_nimg:
+        # -- data ------------------------------------------------------------------------------
+        batch = next(batches)
+        src = uint8_to_float(batch["src"].to(device, non_blocking=True))
+        dst = uint8_to_float(batch["dst"].to(device, non_blocking=True))
+        src, dst = augment_pair(src, dst, batch["aug"].to(device))
+        factor = lr_factor(state["cur_nimg"], total_nimg, cfg.lr_decay)
+        for group in opt_G.param_groups:
+            group["lr"] = cfg.glr * factor
+        for group in opt_D.param_groups:
+            group["lr"] = cfg.dlr * factor
+
+        # -- G forward --------------------------------------------------------------------------
+        G.requires_grad_(True)
+        with autocast():
+            fake = G(src)
+
+        # -- D step ---------------------------------------------------------------------------
+        D.requires_grad_(True)
+        with autocast():
+            if concat_d:
+                both = D(torch.cat([src, src]), torch.cat([dst, fake.detach()]))
+                real_logits = [s[-1][: src.shape[0]] for s in both]
+                fake_logits = [s[-1][src.shape[0] :] for s in both]
+            else:
+                real_logits = [s[-1] for s in D(src, dst)]
+                fake_logits = [s[-1] for s in D(src, fake.detach())]
+        loss_D = d_loss(real_logits, fake_logits, cfg.gan_loss)
+        opt_D.zero_grad(set_to_none=True)
+        scaler_D.scale(loss_D).backward()
+        _average_grads(D, di.world)
+        scaler_D.step(opt_D)
+        scaler_D.update()
+        add("Loss/D/loss", loss_D)
+        add("Loss/D/real", torch.stack([r.float().mean() for r in real_logits]).mean())
+        add("Loss/D/fake", torch.stack([f.float().mean() for f in fake_logits]).mean())
+
+        # -- G step ---------------------------------------------------------------------------
+        D.requires_grad_(False)
+        with autocast():
+            fake_feats = D(src, fake)
+            with torch.no_grad():
+                real_feats = D(src, dst) if cfg.fm_weight > 0 else None
+        loss_gan = g_loss([f[-1] for f in fake_feats], cfg.gan_loss)
+        loss_l1 = F.l1_loss(fake.float(), dst)
+        loss_G = cfg.gan_weight * loss_gan + cfg.l1_weight * loss_l1
+        if real_feats is not None:
+            loss_fm = feature_matching(real_feats, fake_feats)
+            loss_G = loss_G + cfg.fm_weight * loss_fm
+            add("Loss/G/fm", loss_fm)
+        if vgg is not None:
+            loss_vgg = vgg(fake, dst)
+            loss_G = loss_G + cfg.vgg_weight * loss_vgg
+            add("Loss/G/vgg", loss_vgg)
+        opt_G.zero_grad(set_to_none=True)
+        scaler_G.scale(loss_G).backward()
+        _average_grads(G, di.world)
+        scaler_G.step(opt_G)
+        scaler_G.update()
+        _average_buffers(G, di.world)
+        G.requires_grad_(False)
+        add("Loss/G/loss", loss_G)
+        add("Loss/G/gan", loss_gan)
+        add("Loss/G/l1", loss_l1)
+
+        # -- EMA --------------------------------------------------------------------------------
+        state["cur_nimg"] += cfg.batch
+        state["step"] += 1
+        ema_nimg = cfg.ema_kimg * 1000
+        if cfg.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, state["cur_nimg"] * cfg.ema_rampup)
+        _ema_update(G_ema, G, 0.5 ** (cfg.batch / max(ema_nimg, 1e-8)))
+
+        steps_in_tick += 1
+        steps_this_call += 1
+        if bar is not None:
+            bar.update(cfg.batch / 1000)
+        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+            if bar is not None:
+                bar.close()
+            return dict(state, stopped=True)
+
+        # -- tick: stats, resume state, snapshot ---------------------------------------------
+        done = state["cur_nimg"] >= total_nimg
+        if not done and state["cur_nimg"] < tick_start_nimg + tick_nimg:
+            continue
+        state["tick"] += 1
+        names = sorted(sums)
+        means = _all_mean([float(sums[k]) / steps_in_tick for k in names], di.world, device)
+        stats: dict[str, float] = dict(zip(names, means, strict=True))
+        now = time.time()
+        kimg_done = (state["cur_nimg"] - tick_start_nimg) / 1000
+        stats.update(
+            {
+                "Progress/tick": state["tick"],
+                "Progress/kimg": state["cur_nimg"] / 1000,
+                "Progress/step": state["step"],
+                "Progress/lr_factor": factor,
+                "Timing/sec_per_kimg": (now - tick_start_time) / max(kimg_done, 1e-8),
+            }
+        )
+        if device.type == "cuda":
+            stats["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        sums.clear()
+        steps_in_tick = 0
+        _check_in_sync(G, di.world, device)
+        snapshot = done or state["tick"] % max(cfg.snap, 1) == 0
+        if di.main:
+            tag = snapshot_tag(state["cur_nimg"])
+            if snapshot:
+                training = {
+                    "resolution": info.resolution,
+                    "kimg": state["cur_nimg"] / 1000,
+                    "step": state["step"],
+                    "holdout_percent": cfg.holdout_percent,
+                    "config": json.loads(cfg.to_json()),
+                }
+                save_student(G_ema, arch, out / f"student-{tag}.safetensors", source, training)
+                if done:
+                    save_student(G_ema, arch, out / "student.safetensors", source, training)
+                if eval_set is not None and cfg.eval_pairs > 0:
+                    pred = run_student(G_ema, eval_set[0], device)
+                    stats.update(heldout_metrics(pred, eval_set[0], eval_set[1]))
+                if grid_set is not None and cfg.grid_pairs > 0:
+                    pred = run_student(G_ema, grid_set[0], device)
+                    grid = comparison_grid(grid_set[0], pred, grid_set[1])
+                    save_png(grid, out / f"grid{tag}.png")
+                    writer.add_image(
+                        "src_student_teacher",
+                        grid,
+                        global_step=state["cur_nimg"],
+                        dataformats="HWC",
+                    )
+            with open(out / "stats.jsonl", "a") as f:
+                f.write(json.dumps(stats) + "\n")
+            for k, v in stats.items():
+                writer.add_scalar(k, v, global_step=state["cur_nimg"])
+            _save_resume(
+                out / "resume-state.pt",
+                state,
+                (G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D),
+                di,
+                cfg,
+            )
+            writer.flush()
+        tick_start_nimg = state["cur_nimg"]
+        tick_start_time = time.time()
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    return dict(state, stopped=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume state
+
+
+def _truncate_stats(path: Path, step: int) -> None:
+    """Drop stats lines written after the resume state of ``step`` (a kill between the two
+    writes of a tick), so a resumed run's ``stats.jsonl`` equals an uninterrupted one's."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [x for x in lines if x.strip() and json.loads(x).get("Progress/step", 0) <= step]
+    if len(keep) != len(lines):
+        tmp = atomic_write_path(path)
+        tmp.write_text("".join(x + "\n" for x in keep))
+        os.replace(tmp, path)
+
+
+def _save_resume(path: Path, state, objects, di: DistInfo, cfg: StudentConfig) -> None:
+    G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D = objects
+    blob = {
+        "counters": {k: int(v) for k, v in state.items()},
+        "G": G.state_dict(),
+        "D": D.state_dict(),
+        "G_ema": G_ema.state_dict(),
+        "opt_G": opt_G.state_dict(),
+        "opt_D": opt_D.state_dict(),
+        "scaler_G": scaler_G.state_dict(),
+        "scaler_D": scaler_D.state_dict(),
+        "world": di.world,
+        "workers": cfg.workers,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    tmp = atomic_write_path(path)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _load_resume(path: Path, objects, di: DistInfo, cfg: StudentConfig) -> dict:
+    G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D = objects
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        G.load_state_dict(blob["G"])
+        D.load_state_dict(blob["D"])
+        G_ema.load_state_dict(blob["G_ema"])
+        opt_G.load_state_dict(blob["opt_G"])
+        opt_D.load_state_dict(blob["opt_D"])
+        if blob.get("scaler_G"):
+            scaler_G.load_state_dict(blob["scaler_G"])
+        if blob.get("scaler_D"):
+            scaler_D.load_state_dict(blob["scaler_D"])
+    except (RuntimeError, KeyError, EOFError, ValueError) as e:
+        raise TrainError(
+            f"{path}: cannot resume ({str(e).splitlines()[0]}); delete it to restart the run"
+        ) from None
+    layout = (blob.get("world", di.world), blob.get("workers", cfg.workers))
+    if layout != (di.world, cfg.workers) and di.main:
+        print(
+            f"student: resuming a run of {layout[0]} processes x {layout[1]} workers with "
+            f"{di.world} x {cfg.workers}; the data order will differ from an uninterrupted run",
+            file=sys.stderr,
+        )
+    torch.set_rng_state(blob["torch_rng"])
+    if blob["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    return dict(blob["counters"])

@@ -1,0 +1,246 @@
+"""Student training on CPU at tiny size: it learns the tiny32 teacher's mapping, resumes exactly,
+and runs under torchrun."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from student.config import PRESETS, make_config
+from student.evaluate import evaluate_student
+from student.train import TrainError, lr_factor, training_loop
+from tests.conftest import REPO, shared_file
+from tests.pairs_fixture import write_pairs
+
+_CACHE: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Run on one intra-op thread: these small tensors gain nothing from more, and on a busy
+    2-core machine OpenMP threads that wait on each other make the same test 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """512 tiny32 pairs (32 px) in 8 shards of 64."""
+    if "p" not in _CACHE:
+        _CACHE["p"] = write_pairs(
+            tmp_path_factory.mktemp("pairs"), shared_file("fixtures", "tiny32.pkl"), 512, 64
+        )
+    return _CACHE["p"]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_tiny_run_halves_the_heldout_l1_to_the_teacher(pairs_dir: Path, tmp_path: Path) -> None:
+    """The ``tiny`` preset (300 steps of 8 pairs) brings the held-out L1 between the student's
+    output and the teacher's target below half of the source-vs-target L1."""
+    cfg = make_config("tiny", dict(pairs=str(pairs_dir), outdir=str(tmp_path / "run")))
+    result = training_loop(cfg, progress=False)
+    out = Path(cfg.outdir)
+    assert result["cur_nimg"] == 2400 and not result["stopped"]
+    lines = _lines(out / "stats.jsonl")
+    assert [x["Progress/tick"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    for line in lines:
+        assert all(math.isfinite(v) for v in line.values())
+    last = lines[-1]
+    assert last["Eval/l1"] < 0.5 * last["Eval/l1_identity"], last
+    assert lines[2]["Eval/l1"] > last["Eval/l1"]  # still improving at the end
+    for name in [
+        "config.json",
+        "resume-state.pt",
+        "student.safetensors",
+        "student-000001.200.safetensors",
+        "grid000002.400.png",
+    ]:
+        assert (out / name).exists(), name
+    assert list(out.glob("events.out.tfevents.*"))
+    assert not list(out.glob(".*.tmp"))
+
+    # The same on every held-out pair, scored by toon-student eval's library function.
+    report = evaluate_student(out / "student.safetensors", pairs_dir)
+    assert report["pairs"]["holdout_percent"] == cfg.holdout_percent
+    assert report["pairs"]["evaluated_pairs"] == report["pairs"]["heldout_pairs"] > 16
+    assert report["same_dataset_as_training"] is True
+    assert report["l1_ratio"] < 0.5
+    assert report["metrics"]["psnr"] > report["identity"]["psnr"]
+    assert report["metrics"]["ssim"] > report["identity"]["ssim"]
+
+
+def _resume_cfg(pairs: Path, outdir: Path, **over):
+    values = dict(
+        pairs=str(pairs),
+        outdir=str(outdir),
+        kimg=0.096,  # 12 steps of 8
+        tick_kimg=0.032,  # 4 steps per tick
+        snap=1,
+        eval_pairs=8,
+        grid_pairs=2,
+        xflip=True,
+        affine_prob=0.5,
+        jitter_prob=0.5,
+        shuffle_buffer=16,
+    )
+    values.update(over)
+    return make_config("tiny", values)
+
+
+def _strip_timing(line: dict) -> dict:
+    return {k: v for k, v in line.items() if not k.startswith("Timing/")}
+
+
+def test_killed_run_resumes_with_identical_results(pairs_dir: Path, tmp_path: Path) -> None:
+    full = _resume_cfg(pairs_dir, tmp_path / "full")
+    training_loop(full, progress=False)
+    cut = _resume_cfg(pairs_dir, tmp_path / "cut")
+    r = training_loop(cut, progress=False, stop_after_steps=6)  # killed inside tick 2
+    assert r["stopped"] and r["step"] == 6
+    assert len(_lines(Path(cut.outdir) / "stats.jsonl")) == 1
+    # A kill between a tick's stats line and its resume state leaves an extra line behind.
+    stats = Path(cut.outdir) / "stats.jsonl"
+    stale = dict(_lines(stats)[0], **{"Progress/step": 8, "Progress/tick": 2})
+    stats.write_text(stats.read_text() + json.dumps(stale) + "\n")
+    r2 = training_loop(cut, progress=False)  # the same command again resumes after tick 1
+    assert r2["step"] == 12 and not r2["stopped"]
+    a = [_strip_timing(x) for x in _lines(Path(full.outdir) / "stats.jsonl")]
+    b = [_strip_timing(x) for x in _lines(Path(cut.outdir) / "stats.jsonl")]
+    assert a == b  # every loss and held-out metric of ticks 2 and 3 identical
+    sa = load_file(str(Path(full.outdir) / "student.safetensors"))
+    sb = load_file(str(Path(cut.outdir) / "student.safetensors"))
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    ra = torch.load(Path(full.outdir) / "resume-state.pt", weights_only=True)
+    rb = torch.load(Path(cut.outdir) / "resume-state.pt", weights_only=True)
+    for net in ("G", "D"):
+        for k in ra[net]:
+            assert torch.equal(ra[net][k], rb[net][k]), (net, k)
+
+
+def test_changed_config_is_refused_and_longer_runs_resume(pairs_dir: Path, tmp_path: Path) -> None:
+    cfg = _resume_cfg(pairs_dir, tmp_path / "run", kimg=0.032, eval_pairs=0, grid_pairs=0)
+    training_loop(cfg, progress=False)
+    with pytest.raises(TrainError, match="different config .*l1_weight"):
+        training_loop(cfg.replace(l1_weight=1.0), progress=False)
+    r = training_loop(cfg.replace(kimg=0.064), progress=False)
+    assert r["step"] == 8
+    with pytest.raises(TrainError, match="not divisible by"):
+        from student.train import DistInfo
+
+        training_loop(cfg.replace(batch=7), DistInfo(rank=0, world=2), progress=False)
+
+
+def test_lr_schedule_is_constant_then_linear_to_zero() -> None:
+    assert lr_factor(0, 1000, 0.5) == 1.0 and lr_factor(499, 1000, 0.5) == 1.0
+    assert lr_factor(750, 1000, 0.5) == pytest.approx(0.5)
+    assert lr_factor(1000, 1000, 0.5) == 0.0 and lr_factor(900, 1000, 0.0) == 1.0
+
+
+def test_presets_and_config_checks() -> None:
+    assert set(PRESETS) == {"paper256", "tiny"}
+    paper = make_config("paper256", {})
+    assert paper.arch == "mobile" and paper.betas == (0.5, 0.999) and paper.glr == 2e-4
+    assert paper.holdout_percent == 5.0 and paper.d_scales == 3 and paper.gan_loss == "hinge"
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("huge", {})
+    with pytest.raises(ValueError, match="gan_loss"):
+        make_config("tiny", {"gan_loss": "wgan"})
+    with pytest.raises(ValueError, match="unknown generator arch"):
+        make_config("tiny", {"arch": "resnet"})
+
+
+def test_train_cli_dry_run_and_one_line_errors(pairs_dir, tmp_path, capsys) -> None:
+    from student.cli import main
+
+    argv = ["train", "--pairs", str(pairs_dir), "--outdir", str(tmp_path / "r"), "--preset"]
+    assert (
+        main(
+            argv
+            + [
+                "tiny",
+                "--arch",
+                "small",
+                "--no-xflip",
+                "--betas",
+                "0.0,0.99",
+                "--ema-rampup",
+                "none",
+                "--gan-loss",
+                "lsgan",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["arch"] == "small" and cfg["xflip"] is False and cfg["betas"] == [0.0, 0.99]
+    assert cfg["ema_rampup"] is None and cfg["gan_loss"] == "lsgan" and cfg["batch"] == 8
+    assert not (tmp_path / "r").exists()
+    rc = main(["train", "--pairs", str(tmp_path / "nope"), "--outdir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "pairs dataset not found" in err and "\n" not in err
+    rc = main(argv + ["tiny", "--vgg16", str(tmp_path / "vgg16.pt"), "--kimg", "0.008"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 1 and "vgg16.pt" in err and "download it yourself" in err
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(pairs_dir: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo): each reads its own shards, gradients and batch-norm
+    statistics are averaged; the loop checks every tick that both hold the same weights."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "from student.config import make_config\n"
+        "from student.train import init_distributed, training_loop\n"
+        f"cfg = make_config('tiny', dict(pairs={str(pairs_dir)!r}, outdir=sys.argv[1], "
+        "kimg=0.064, tick_kimg=0.032, snap=1, eval_pairs=8, grid_pairs=2))\n"
+        "di = init_distributed()\n"
+        "r = training_loop(cfg, di, progress=False)\n"
+        "print('rank', di.rank, 'world', di.world, 'step', r['step'])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    r = subprocess.run(
+        cmd + [str(script), str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "two"
+    assert (out / "student.safetensors").exists()
+    lines = _lines(out / "stats.jsonl")
+    assert [x["Progress/kimg"] for x in lines] == [0.032, 0.064]
+    assert torch.load(out / "resume-state.pt", weights_only=True)["world"] == 2
+    assert "rank 0 world 2 step 8" in r.stdout and "rank 1 world 2 step 8" in r.stdout
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_mixed_precision_runs(pairs_dir: Path, tmp_path: Path, amp: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from student.train import DistInfo
+
+    cfg = _resume_cfg(pairs_dir, tmp_path / amp, amp=amp, arch="mobile", kimg=0.064)
+    training_loop(cfg, DistInfo(device=torch.device("cuda", 0)), progress=False)
+    lines = _lines(tmp_path / amp / "stats.jsonl")
+    assert all(math.isfinite(v) for line in lines for v in line.values())
+    assert "Resources/peak_gpu_mem_gb" in lines[-1]
