@@ -33,7 +33,7 @@ demo: setup
 	@echo "  $(BIN)/toon-teacher sample --network ../shared/fixtures/tiny32.pkl --seeds 0-7 --outdir out/samples"
 
 bench: setup
-	$(BIN)/python bench/teacher_synthesis.py
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf out .pytest_cache
