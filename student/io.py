@@ -27,7 +27,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from teacher.io import atomic_write_path, file_sha256
+from teacher.io import atomic_write_path, file_sha256, state_mismatch
 
 FORMAT_VERSION = 1
 KIND_STUDENT = "student.generator"
@@ -64,21 +64,9 @@ class StudentFile:
             G = build_generator(self.arch)
         except (ValueError, TypeError) as e:
             raise StudentFileError(f"{self.path}: cannot build the generator: {e}") from None
-        expected = G.state_dict()
-        missing = sorted(set(expected) - set(self.state))
-        unexpected = sorted(set(self.state) - set(expected))
-        if missing or unexpected:
-            raise StudentFileError(
-                f"{self.path}: weights do not match the arch: missing {missing[:3]}"
-                f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
-                f"{'...' if len(unexpected) > 3 else ''}"
-            )
-        for name, t in self.state.items():
-            if tuple(t.shape) != tuple(expected[name].shape):
-                raise StudentFileError(
-                    f"{self.path}: tensor {name} has shape {tuple(t.shape)}, "
-                    f"expected {tuple(expected[name].shape)}"
-                )
+        problem = state_mismatch(G.state_dict(), self.state)
+        if problem:
+            raise StudentFileError(f"{self.path}: {problem}")
         G.load_state_dict(self.state, strict=True)
         G.arch = dict(self.arch)
         G.toon_info = dict(self.info)

@@ -68,23 +68,32 @@ class NetworkSpec:
             net = cls(**self.arch)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"cannot build {self.kind} from arch {self.arch}: {e}") from None
-        expected = net.state_dict()
-        missing = sorted(set(expected) - set(self.state))
-        unexpected = sorted(set(self.state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{self.kind} state does not match its arch: missing {missing[:3]}"
-                f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
-                f"{'...' if len(unexpected) > 3 else ''}"
-            )
-        for name, t in self.state.items():
-            if tuple(t.shape) != tuple(expected[name].shape):
-                raise CheckpointError(
-                    f"{self.kind} tensor {name} has shape {tuple(t.shape)}, "
-                    f"expected {tuple(expected[name].shape)}"
-                )
+        problem = state_mismatch(net.state_dict(), self.state)
+        if problem:
+            raise CheckpointError(f"{self.kind} {problem}")
         net.load_state_dict({k: v.to(torch.float32) for k, v in self.state.items()}, strict=True)
         return net.eval()
+
+
+def state_mismatch(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> str | None:
+    """Why ``state`` cannot be loaded strictly into a module whose state dict is ``expected``
+    (missing or unexpected names, or a shape that differs), or None when it can."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        return (
+            f"state does not match its arch: missing {missing[:3]}"
+            f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{'...' if len(unexpected) > 3 else ''}"
+        )
+    for name, t in state.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            return (
+                f"tensor {name} has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}"
+            )
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

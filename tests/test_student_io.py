@@ -82,6 +82,6 @@ def test_errors_are_one_clear_line(tmp_path) -> None:
     meta["arch"] = dict(arch, mid_blocks=5)
     wrong = tmp_path / "wrong.safetensors"
     save_file(state, str(wrong), metadata={"toon": json.dumps(meta)})
-    with pytest.raises(StudentFileError, match="weights do not match the arch") as e:
+    with pytest.raises(StudentFileError, match="state does not match its arch") as e:
         load_student(wrong)
     _one_line(e)
