@@ -55,7 +55,7 @@ class Scale:
 
 
 SCALES = {
-    "demo": Scale("demo", 32, 300, 8.0, 2.0, 4, 8, 8, 300, 4000, 24.0, 4.0, 4),
+    "demo": Scale("demo", 32, 300, 20.0, 4.0, 4, 8, 8, 400, 4000, 40.0, 8.0, 4),
     "smoke": Scale("smoke", 32, 64, 0.128, 0.064, 2, 8, 2, 50, 512, 2.4, 0.8, 1),
 }
 
@@ -496,7 +496,7 @@ def summarize(
 
 def contact_sheet(out, truth, summary, infer_out, real_inputs, scenes) -> None:
     """One PNG: held-out faces (photo | teacher path | student | ground truth), then photos."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageOps
 
     tile = 128
     names = sorted(truth)
@@ -513,7 +513,8 @@ def contact_sheet(out, truth, summary, infer_out, real_inputs, scenes) -> None:
     for src in list(sorted(scenes.glob("*.jpg"))) + list(real_inputs):
         res = sorted(infer_out.glob(Path(src).stem + "_toon.*"))
         if res:
-            pairs_imgs.append((Image.open(src).convert("RGB"), Image.open(res[0]).convert("RGB")))
+            upright = ImageOps.exif_transpose(Image.open(src)).convert("RGB")
+            pairs_imgs.append((upright, Image.open(res[0]).convert("RGB")))
     width = 4 * tile
     header = 20
     photo_h = 200

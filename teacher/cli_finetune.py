@@ -20,33 +20,61 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="folder or zip of aligned square images")
     p.add_argument("--base", default="", help="checkpoint to start from (G, D, G_ema)")
     p.add_argument("--outdir", required=True, help="run directory (resumes when it exists)")
-    p.add_argument("--preset", default="paper256",
-                   help="paper256 (default), paper512, stylegan2, auto or tiny")
+    p.add_argument(
+        "--preset", default="paper256", help="paper256 (default), paper512, stylegan2, auto or tiny"
+    )
     p.add_argument("--kimg", type=float, default=None, help="length in thousands of images")
-    p.add_argument("--tick", dest="tick_kimg", type=float, default=None,
-                   help="kimg per tick (stats and resume state every tick; default 4)")
+    p.add_argument(
+        "--tick",
+        dest="tick_kimg",
+        type=float,
+        default=None,
+        help="kimg per tick (stats and resume state every tick; default 4)",
+    )
     p.add_argument("--snap", type=int, default=None, help="ticks between network snapshots")
     p.add_argument("--batch", type=int, default=None, help="global batch size")
-    p.add_argument("--batch-gpu", type=int, default=None,
-                   help="images per forward pass per process (gradient accumulation)")
+    p.add_argument(
+        "--batch-gpu",
+        type=int,
+        default=None,
+        help="images per forward pass per process (gradient accumulation)",
+    )
     p.add_argument("--gamma", dest="r1_gamma", type=float, default=None, help="R1 weight")
     p.add_argument("--lrate", type=float, default=None, help="learning rate of G and D")
     p.add_argument("--mirror", action="store_true", help="add x-flipped copies of the data")
     p.add_argument("--cond", action="store_true", help="use labels from dataset.json")
-    p.add_argument("--aug", choices=["ada", "fixed", "none"], default="ada",
-                   help="ada: adapt p toward --target (default); fixed: keep --p; none")
-    p.add_argument("--augpipe", default=None,
-                   help="augmentation set (bgc default) or ops list, e.g. scale,xflip,noise")
+    p.add_argument(
+        "--aug",
+        choices=["ada", "fixed", "none"],
+        default="ada",
+        help="ada: adapt p toward --target (default); fixed: keep --p; none",
+    )
+    p.add_argument(
+        "--augpipe",
+        default=None,
+        help="augmentation set (bgc default) or ops list, e.g. scale,xflip,noise",
+    )
     p.add_argument("--target", type=float, default=None, help="ADA target r_t (default 0.6)")
     p.add_argument("--p", type=float, default=None, help="initial or fixed augmentation p")
-    p.add_argument("--ada-kimg", type=float, default=None,
-                   help="kimg for p to move by 1 (default 100 with --base, else 500)")
-    p.add_argument("--freezed", type=int, default=None,
-                   help="freeze the first N discriminator layers from the image side")
+    p.add_argument(
+        "--ada-kimg",
+        type=float,
+        default=None,
+        help="kimg for p to move by 1 (default 100 with --base, else 500)",
+    )
+    p.add_argument(
+        "--freezed",
+        type=int,
+        default=None,
+        help="freeze the first N discriminator layers from the image side",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--metrics", default=None,
-                   help="comma list: fid50k_full, kid50k_full, pr50k3_full (needs feature nets)")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma list: fid50k_full, kid50k_full, pr50k3_full (needs feature nets)",
+    )
     p.add_argument("--inception", default=None, help="path of inception-2015-12-05.pt")
     p.add_argument("--vgg16", default=None, help="path of vgg16.pt")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
