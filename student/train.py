@@ -51,7 +51,7 @@ from student.networks import (
 from student.ops import augment_pair, uint8_to_float
 from teacher.io import atomic_write_path
 from teacher.sample import save_png
-from teacher.train import DistInfo, init_distributed, snapshot_tag
+from teacher.train import DistInfo, init_distributed, kimg_bar, snapshot_tag
 
 __all__ = [
     "DistInfo",
@@ -269,17 +269,7 @@ def training_loop(
     tick_start_time = time.time()
     sums: dict[str, torch.Tensor] = {}
     steps_in_tick = 0
-    bar = None
-    if di.main and progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=total_nimg / 1000,
-            initial=state["cur_nimg"] / 1000,
-            unit="kimg",
-            desc="student",
-            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]",
-        )
+    bar = kimg_bar(total_nimg, state["cur_nimg"], "student") if di.main and progress else None
     steps_this_call = 0
     concat_d = cfg.d_norm != "batch"  # batch norm in D must not mix real and fake pairs
 

@@ -211,6 +211,19 @@ def draw_step_inputs(
     return out
 
 
+def kimg_bar(total_nimg: int, cur_nimg: int, desc: str):
+    """A tqdm progress bar counting thousands of images (kimg), starting at ``cur_nimg``."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total_nimg / 1000,
+        initial=cur_nimg / 1000,
+        unit="kimg",
+        desc=desc,
+        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]",
+    )
+
+
 def snapshot_tag(nimg: int) -> str:
     """``000040`` for 40 kimg (NVIDIA's naming); ``000000.064`` for fractional kimg."""
     return f"{nimg // 1000:06d}" if nimg % 1000 == 0 else f"{nimg / 1000:010.3f}"
@@ -340,17 +353,7 @@ def training_loop(
     tick_start_nimg = state["cur_nimg"]
     tick_start_time = time.time()
     sums: dict[str, float] = {}
-    bar = None
-    if di.main and progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=total_nimg / 1000,
-            initial=state["cur_nimg"] / 1000,
-            unit="kimg",
-            desc="finetune",
-            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]",
-        )
+    bar = kimg_bar(total_nimg, state["cur_nimg"], "finetune") if di.main and progress else None
     steps_this_call = 0
     num_ws = G.num_ws
 
