@@ -107,22 +107,13 @@ def run_cli(args: list[str], env: dict) -> tuple[float, int, str]:
 def teacher_path_seconds(steps: int, threads: int) -> dict:
     import torch
 
+    from bench.teacher_synthesis import PAPER256
     from teacher.networks import Generator
     from teacher.project import ProjectConfig, project
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    G = Generator(
-        z_dim=512,
-        c_dim=0,
-        w_dim=512,
-        img_resolution=256,
-        mapping_layers=8,
-        channel_base=16384,
-        channel_max=512,
-        num_fp16_res=4,
-        conv_clamp=256,
-    ).eval()
+    G = Generator(**PAPER256).eval()
     stamps: list[float] = []
     target = torch.rand(1, 3, 256, 256) * 2 - 1
     project(

@@ -26,23 +26,14 @@ sys.path[:] = [str(REPO)] + [
 
 import torch  # noqa: E402
 
+from bench.teacher_synthesis import PAPER256  # noqa: E402
 from teacher.networks import Generator  # noqa: E402
 from teacher.project import ProjectConfig, project  # noqa: E402
 
 
 def paper256() -> Generator:
     torch.manual_seed(0)
-    return Generator(
-        z_dim=512,
-        c_dim=0,
-        w_dim=512,
-        img_resolution=256,
-        mapping_layers=8,
-        channel_base=16384,
-        channel_max=512,
-        num_fp16_res=4,
-        conv_clamp=256,
-    ).eval()
+    return Generator(**PAPER256).eval()
 
 
 def time_case(G: Generator, device: torch.device, batch: int, steps: int) -> dict:
