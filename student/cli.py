@@ -114,14 +114,9 @@ def _device(name: str):
 def _write_json(report: dict[str, Any], path: str | None) -> None:
     text = json.dumps(report, indent=2, default=str)
     if path:
-        import os
+        from teacher.io import atomic_write
 
-        from teacher.io import atomic_write_path
-
-        out = Path(path)
-        tmp = atomic_write_path(out)
-        tmp.write_text(text + "\n")
-        os.replace(tmp, out)
+        atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
     print(text)
 
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from teacher.io import atomic_write_path, file_sha256, state_mismatch
+from teacher.io import atomic_write, file_sha256, state_mismatch
 
 FORMAT_VERSION = 1
 KIND_STUDENT = "student.generator"
@@ -135,14 +135,8 @@ def save_student(
     if training is not None:
         info["training"] = dict(training)
     state = {k: v.detach().to("cpu").contiguous() for k, v in G.state_dict().items()}
-    tmp = atomic_write_path(path)
-    try:
-        save_file(state, str(tmp), metadata={"toon": json.dumps(info, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    meta = {"toon": json.dumps(info, sort_keys=True)}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def student_summary(path: str | os.PathLike) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ from student.networks import (
     generator_arch,
 )
 from student.ops import augment_pair, uint8_to_float
-from teacher.io import atomic_write_path
+from teacher.io import atomic_write
 from teacher.sample import save_png
 from teacher.train import DistInfo, init_distributed, kimg_bar, snapshot_tag
 
@@ -87,9 +86,7 @@ def prepare_run_dir(cfg: StudentConfig) -> bool:
                 f"{out} holds a run with a different config ({', '.join(diff)}); "
                 "use a new --outdir or the same settings to resume"
             )
-    tmp = atomic_write_path(cfg_path)
-    tmp.write_text(cfg.to_json())
-    os.replace(tmp, cfg_path)
+    atomic_write(cfg_path, lambda tmp: tmp.write_text(cfg.to_json()))
     return (out / "resume-state.pt").exists()
 
 
@@ -448,9 +445,7 @@ def _truncate_stats(path: Path, step: int) -> None:
     lines = path.read_text().splitlines()
     keep = [x for x in lines if x.strip() and json.loads(x).get("Progress/step", 0) <= step]
     if len(keep) != len(lines):
-        tmp = atomic_write_path(path)
-        tmp.write_text("".join(x + "\n" for x in keep))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text("".join(x + "\n" for x in keep)))
 
 
 def _save_resume(path: Path, state, objects, di: DistInfo, cfg: StudentConfig) -> None:
@@ -469,13 +464,7 @@ def _save_resume(path: Path, state, objects, di: DistInfo, cfg: StudentConfig) -
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    tmp = atomic_write_path(path)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
 def _load_resume(path: Path, objects, di: DistInfo, cfg: StudentConfig) -> dict:

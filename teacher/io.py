@@ -23,7 +23,7 @@ import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,6 +425,20 @@ def atomic_write_path(final: Path) -> Path:
     return Path(tmp)
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place; the
+    temporary file is removed if anything fails, so ``path`` is never half written."""
+    path = Path(path)
+    tmp = atomic_write_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def save_network(
     net: Generator | Discriminator,
     path: str | os.PathLike,
@@ -443,14 +457,8 @@ def save_network(
     if extra:
         info.update(extra)
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    tmp = atomic_write_path(path)
-    try:
-        save_file(state, str(tmp), metadata={"toon": json.dumps(info, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    meta = {"toon": json.dumps(info, sort_keys=True)}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def convert_checkpoint(
@@ -487,11 +495,5 @@ def save_snapshot(
         for key, net in nets.items()
         for k, v in net.state_dict().items()
     }
-    tmp = atomic_write_path(path)
-    try:
-        save_file(state, str(tmp), metadata={"toon": json.dumps(info, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    meta = {"toon": json.dumps(info, sort_keys=True)}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))

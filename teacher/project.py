@@ -270,7 +270,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def save_projected_w(path: str | Path, ws: torch.Tensor, names: list[str] | None = None) -> Path:
     """Write ``projected_w.npz``: key ``w`` [N, num_ws, w_dim] float32 (what NVIDIA's
     ``generate.py --projected-w`` reads) and, when given, ``names`` [N] (the source of each row)."""
-    from teacher.io import atomic_write_path
+    from teacher.io import atomic_write
 
     path = Path(path)
     arrays = {"w": ws.detach().cpu().numpy().astype(np.float32)}
@@ -278,12 +278,9 @@ def save_projected_w(path: str | Path, ws: torch.Tensor, names: list[str] | None
         if len(names) != ws.shape[0]:
             raise ValueError(f"{len(names)} names for {ws.shape[0]} latents")
         arrays["names"] = np.array(names, dtype=str)
-    tmp = atomic_write_path(path)
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)

@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from teacher.config import TrainConfig
 from teacher.dataset import ImageDataset, index_stream
-from teacher.io import atomic_write_path, read_networks, save_snapshot
+from teacher.io import atomic_write, read_networks, save_snapshot
 from teacher.loss import LatentDraw, StyleGAN2Loss
 from teacher.networks import Discriminator, Generator
 from teacher.sample import make_grid, save_png, to_uint8
@@ -180,9 +180,7 @@ def prepare_run_dir(cfg: TrainConfig) -> bool:
                 f"{out} holds a run with a different config ({', '.join(diff)}); "
                 "use a new --outdir or the same settings to resume"
             )
-    tmp = atomic_write_path(cfg_path)
-    tmp.write_text(cfg.to_json())
-    os.replace(tmp, cfg_path)
+    atomic_write(cfg_path, lambda tmp: tmp.write_text(cfg.to_json()))
     return (out / "resume-state.pt").exists()
 
 
@@ -605,13 +603,7 @@ def _save_resume(path: Path, state, G, D, G_ema, opt_G, opt_D, aug, loss, rng) -
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    tmp = atomic_write_path(path)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
 def _load_resume(path: Path, G, D, G_ema, opt_G, opt_D, aug, loss, rng) -> dict:
