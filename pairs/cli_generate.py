@@ -3,8 +3,6 @@
 :func:`add_generate_commands` registers them on the ``toon-pairs`` subparsers; each command
 returns an exit code and raises :class:`pairs.shards.PairsError` (one-line message) on errors.
 Importing this module does not import torch (``generate`` imports it when it runs).
-
-``python -m pairs.cli_generate COMMAND ...`` runs the same commands on their own.
 """
 
 from __future__ import annotations
@@ -13,8 +11,6 @@ import argparse
 import json
 import re
 import sys
-
-from pairs.shards import PairsError
 
 PROG = "toon-pairs"
 
@@ -307,32 +303,4 @@ def add_generate_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_stats)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser holding only these commands."""
-    p = argparse.ArgumentParser(prog=PROG, description="Paired dataset generation and checks.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    add_generate_commands(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; errors print one line and return 1."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except (PairsError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-
-
-__all__ = ["add_generate_commands", "build_parser", "main", "parse_index_list", "parse_task"]
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+__all__ = ["add_generate_commands", "parse_index_list", "parse_task"]

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from pairs import shards
-from pairs.cli_generate import main as cli
+from pairs.cli import main as cli
 from pairs.generate import GenerateConfig, generate, prepare_job, render_pairs, select_shards
 from pairs.shards import PairsError, iter_pairs, read_manifest, verify
 from tests.conftest import REPO, shared_file
@@ -232,7 +232,7 @@ def add(self, key, members):
     if n[0] == KILL_AFTER:
         os.kill(os.getpid(), signal.SIGKILL)
 S.ShardWriter.add = add
-from pairs.cli_generate import main
+from pairs.cli import main
 sys.exit(main(ARGV))
 """
 
@@ -515,7 +515,7 @@ def test_const_noise_and_output_size(teachers: tuple[str, str], tmp_path: Path) 
 def test_readers_do_not_import_torch(reference: Path, tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from pairs.cli_generate import main\n"
+        "from pairs.cli import main\n"
         f"assert main(['verify', {str(reference)!r}]) == 0\n"
         f"assert main(['stats', {str(reference)!r}, '--sample', '2']) == 0\n"
         f"assert main(['preview', {str(reference)!r}, '--out', {str(tmp_path / 'g.png')!r}]) == 0\n"
