@@ -21,6 +21,7 @@ every tick: starting the same command again continues from the last tick.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
@@ -61,6 +62,12 @@ class DistInfo:
         return self.rank == 0
 
 
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def init_distributed() -> DistInfo:
     """Read torchrun's environment; NCCL on CUDA, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -73,6 +80,10 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Tear the group down before interpreter exit: a process group left to die with the
+        # interpreter can abort in its communication threads ("terminate called without an
+        # active exception").
+        atexit.register(_destroy_process_group)
     return DistInfo(rank=rank, world=world, device=device)
 
 
