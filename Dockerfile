@@ -34,7 +34,8 @@ RUN pip install \
         python-multipart==0.0.34
 
 WORKDIR /app
-COPY pairs/ pairs/
+COPY common/ common/
+COPY faces/ faces/
 COPY export/ export/
 
 RUN useradd --create-home --uid 10001 toon

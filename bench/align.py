@@ -1,4 +1,4 @@
-"""Speed of face alignment (pairs.align): detection + landmarks + FFHQ warp, torch-free.
+"""Speed of face alignment (faces.align): detection + landmarks + FFHQ warp, torch-free.
 
 Photos (decoded once, outside the timing):
 
@@ -42,8 +42,8 @@ sys.path[:] = [str(_REPO)] + [
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pairs.align import AlignConfig, Aligner, load_image  # noqa: E402
-from pairs.image import to_gray  # noqa: E402
+from faces.align import AlignConfig, Aligner, load_image  # noqa: E402
+from faces.image import to_gray  # noqa: E402
 from pairs.prepare import PrepareConfig, prepare_dataset  # noqa: E402
 
 

@@ -164,7 +164,7 @@ def main() -> None:
 
         from PIL import Image
 
-        from pairs.synthetic import render_photo_scene, sample_params
+        from demo.synthetic import render_photo_scene, sample_params
 
         params = sample_params(np.random.default_rng(7))
         scene, _ = render_photo_scene(

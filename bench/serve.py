@@ -73,7 +73,7 @@ def photo_bytes(path: str | None) -> tuple[bytes, str]:
         return (shared / "obama_small.jpg").read_bytes(), "obama_small.jpg"
     from PIL import Image
 
-    from pairs.synthetic import render_photo_scene, sample_params
+    from demo.synthetic import render_photo_scene, sample_params
 
     rng = np.random.default_rng(7)
     scene, _ = render_photo_scene(sample_params(rng), canvas=(640, 480), rng=rng)

@@ -1,4 +1,4 @@
-"""Benchmark: synthetic faces (pairs.synthetic) - render speed and how dlib sees them.
+"""Benchmark: synthetic faces (demo.synthetic) - render speed and how dlib sees them.
 
 Times ``render`` for both styles at ``--size`` and ``render_photo_scene`` at 640x480 (wall and
 process CPU time per image; the CPU time is the better figure on a shared machine), then runs
@@ -28,7 +28,7 @@ sys.path[:] = [str(REPO)] + [
 
 import numpy as np  # noqa: E402
 
-from pairs.synthetic import item_params, landmarks, render, render_photo_scene  # noqa: E402
+from demo.synthetic import item_params, landmarks, render, render_photo_scene  # noqa: E402
 
 
 def _timed(fn):
@@ -53,7 +53,7 @@ def main() -> None:
 
     import dlib
 
-    from pairs.detect import PREDICTOR_FILE, model_file
+    from faces.detect import PREDICTOR_FILE, model_file
 
     detector = dlib.get_frontal_face_detector()
     try:
@@ -62,7 +62,7 @@ def main() -> None:
         pred = None
 
     result: dict = {
-        "bench": "pairs.synthetic",
+        "bench": "demo.synthetic",
         "size": args.size,
         "n": args.n,
         "seed": args.seed,

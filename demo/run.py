@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+    from demo.synthetic import item_params, render, render_photo_scene, write_dataset
     from export.cli import main as export_main
     from export.infer_cli import main as infer_main
     from pairs.cli import main as pairs_main
-    from pairs.synthetic import item_params, render, render_photo_scene, write_dataset
     from student.cli import main as student_main
     from teacher.cli import main as teacher_main
 

@@ -90,7 +90,7 @@ def _save(array, path: Path, quality: int) -> None:
 
 def process(src: str, toon, args: argparse.Namespace, multi: bool) -> dict:
     """Toonify one input; returns its report (raises for unreadable files)."""
-    from pairs.align import align, load_image, paste_back
+    from faces.align import align, load_image, paste_back
 
     t0 = time.perf_counter()
     source = io.BytesIO(sys.stdin.buffer.read()) if src == "-" else src

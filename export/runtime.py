@@ -6,7 +6,7 @@ keys; the runtime reads ``toon.format_version`` (must be one it knows), ``toon.i
 NCHW in [-1, 1] both ways), ``toon.size`` and ``toon.align`` (the face alignment the model
 expects, JSON).
 
-Imports: numpy, onnxruntime, and (for photos) the torch-free ``pairs.align``. Never torch.
+Imports: numpy, onnxruntime, and (for photos) the torch-free ``faces.align``. Never torch.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class Toonifier:
         return np.concatenate(outs) if outs else np.zeros([0, self.size, self.size, 3], np.uint8)
 
     def align_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``pairs.align.align`` that match the model's training data."""
+        """Keyword arguments for ``faces.align.align`` that match the model's training data."""
         opts = {"size": self.size}
         for key in ("transform_size", "enable_padding"):
             if key in self.align_settings:

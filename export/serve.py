@@ -21,7 +21,7 @@ The event loop only moves bytes. Optional API keys guard ``/v1/*``; CORS is off 
 are given; every request is logged as one JSON line.
 
 Imports: starlette, numpy, pillow, onnxruntime (via ``export.runtime``), dlib (via
-``pairs.align``). Never torch.
+``faces.align``). Never torch.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from export.runtime import Toonifier
 from export.serve_batch import BatchInfo, MicroBatcher
 from export.serve_metrics import Metrics
-from pairs.image import AlignError
+from faces.image import AlignError
 
 CONFIG_ENV = "TOON_SERVE_CONFIG"  # the JSON config handed to uvicorn worker processes
 API_KEYS_ENV = "TOON_API_KEYS"  # comma- or newline-separated keys
@@ -198,7 +198,7 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
     """Request bytes -> upright (H, W, 3|4) uint8 RGB(A) and the Pillow format name; raises
     :class:`ApiError` (400 empty or not an image or corrupt, 413 too many pixels, 415 a format
     not accepted). The pixel count is checked from the header, before anything is decoded."""
-    from pairs.align import load_image
+    from faces.align import load_image
 
     if not data:
         raise ApiError(
@@ -327,7 +327,7 @@ class ToonService:
     process, and the request handlers over them. :func:`create_app` wires it into Starlette."""
 
     def __init__(self, config: ServeConfig, toonifier: Toonifier | None = None) -> None:
-        from pairs.align import AlignConfig
+        from faces.align import AlignConfig
 
         self.config = config
         self.toon = toonifier or Toonifier(
@@ -415,10 +415,10 @@ class ToonService:
         self.metrics.observe("toon_model_seconds", info.model_s)
 
     def _aligner(self):
-        """This thread's :class:`pairs.align.Aligner`. dlib's HOG detector is not thread-safe
+        """This thread's :class:`faces.align.Aligner`. dlib's HOG detector is not thread-safe
         (one detector used from several threads crashes the process), so each pool thread
         has its own; the 68-point landmark model, read-only, is loaded once and shared."""
-        from pairs.align import Aligner
+        from faces.align import Aligner
 
         aligner = getattr(self._local, "aligner", None)
         if aligner is None:
@@ -504,7 +504,7 @@ class ToonService:
 
     def _compose(self, rgb, faces, outputs, opts: ToonifyOptions) -> dict[str, Any]:
         """Paste back (or tile the crops) and encode; runs in the thread pool."""
-        from pairs.align import paste_back
+        from faces.align import paste_back
 
         t0 = time.perf_counter()
         if opts.mode == "paste":

@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"cannot read the API key file {config.api_key_file}: {e.strerror or e}")
     if config.api_key_file and not keys:
         return _error(f"{config.api_key_file}: no API keys in the file")
-    from pairs.detect import PREDICTOR_FILE, model_file
-    from pairs.image import AlignError
+    from faces.detect import PREDICTOR_FILE, model_file
+    from faces.image import AlignError
 
     try:
         model_file(PREDICTOR_FILE)

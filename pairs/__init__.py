@@ -1,1 +1,1 @@
-"""Pairs: torch-free face alignment, dataset preparation, pair generation jobs, the shard format."""
+"""Pairs: dataset preparation, pair generation jobs and the shard format (one definition)."""

@@ -24,7 +24,7 @@ PROG = "toon-pairs"
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from pairs.align import AlignConfig
+    from faces.align import AlignConfig
     from pairs.prepare import PrepareConfig, prepare_dataset, report_path, work_path
 
     cfg = PrepareConfig(
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    from pairs.image import AlignError
+    from faces.image import AlignError
     from pairs.shards import PairsError
 
     try:

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageColor
 
-from pairs.align import AlignConfig, Aligner, parse_landmarks
-from pairs.image import AlignError, composite, load_image
+from faces.align import AlignConfig, Aligner, parse_landmarks
+from faces.image import AlignError, composite, load_image
 
 IMAGE_EXTS = {
     ".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",

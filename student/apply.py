@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from common.images import save_png
 from student.evaluate import run_student
 from student.io import read_student
-from teacher.sample import save_png
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 

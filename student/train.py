@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from common.images import save_png
 from student.config import StudentConfig
 from student.data import open_pairs, split_counts, train_loader
 from student.evaluate import comparison_grid, heldout_metrics, load_eval_set, run_student
@@ -49,7 +50,6 @@ from student.networks import (
 )
 from student.ops import augment_pair, uint8_to_float
 from teacher.io import atomic_write
-from teacher.sample import save_png
 from teacher.train import DistInfo, init_distributed, kimg_bar, snapshot_tag
 
 __all__ = [

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
+from common.images import make_grid, save_png
 from teacher.blend import MAPPING_CHOICES, blend_files, blend_grid, parse_levels
 from teacher.cli_finetune import add_finetune_parser
 from teacher.cli_project import add_projection_parsers
 from teacher.dataset import DatasetError
 from teacher.io import CheckpointError, convert_checkpoint, load_generator, read_model_info
 from teacher.project import ProjectError
-from teacher.sample import make_grid, parse_seeds, sample_images, save_png
+from teacher.sample import parse_seeds, sample_images
 from teacher.train import TrainError
 
 PROG = "toon-teacher"

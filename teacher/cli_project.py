@@ -5,7 +5,7 @@
 latent with the blended model, paste back. It is the quality and speed reference the student
 must beat.
 
-Photo alignment lives in the torch-free ``pairs.align`` module; it is imported here, in the
+Photo alignment lives in the torch-free ``faces.align`` module; it is imported here, in the
 command layer, only when a photo needs aligning.
 """
 
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.images import save_png
 from teacher.io import load_discriminator, load_generator, read_networks
 from teacher.project import ProjectConfig, project, psnr, save_projected_w
-from teacher.sample import save_png, to_uint8
+from teacher.sample import to_uint8
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -51,8 +52,8 @@ def _load_aligned(path: Path, size: int) -> np.ndarray:
 
 
 def _align(photo, **kwargs):
-    """``pairs.align.align`` with its one-line errors turned into ValueError for the CLI."""
-    from pairs.align import AlignError, align
+    """``faces.align.align`` with its one-line errors turned into ValueError for the CLI."""
+    from faces.align import AlignError, align
 
     try:
         return align(photo, **kwargs)
@@ -180,7 +181,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_toonify(args: argparse.Namespace) -> int:
-    from pairs.align import paste_back
+    from faces.align import paste_back
     from teacher.cli import pick_device
 
     device = pick_device(args.device)

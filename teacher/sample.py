@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import os
 import re
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from teacher.networks import Generator
 
@@ -46,32 +42,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """``[N, C, H, W]`` images in [-1, 1] -> ``[N, H, W, C]`` uint8 (value * 127.5 + 128)."""
     x = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def make_grid(images: Sequence[np.ndarray], cols: int | None = None) -> np.ndarray:
-    """Tile HWC uint8 images (all the same shape) row by row into one image."""
-    if not images:
-        raise ValueError("no images to tile")
-    n = len(images)
-    cols = cols or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    h, w, c = images[0].shape
-    grid = np.zeros([rows * h, cols * w, c], dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, k = divmod(i, cols)
-        grid[r * h : (r + 1) * h, k * w : (k + 1) * w] = img
-    return grid
-
-
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an HWC uint8 array as PNG atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    mode = "L" if array.shape[-1] == 1 else None
-    Image.fromarray(array[..., 0] if mode else array, mode=mode).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
 
 
 @torch.no_grad()

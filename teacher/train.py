@@ -37,12 +37,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from common.images import make_grid, save_png
 from teacher.config import TrainConfig
 from teacher.dataset import ImageDataset, index_stream
 from teacher.io import atomic_write, read_networks, save_snapshot
 from teacher.loss import LatentDraw, StyleGAN2Loss
 from teacher.networks import Discriminator, Generator
-from teacher.sample import make_grid, save_png, to_uint8
+from teacher.sample import to_uint8
 
 
 class TrainError(Exception):

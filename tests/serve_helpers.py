@@ -182,7 +182,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 def expected_paste(model: Path, photo: np.ndarray) -> np.ndarray:
     """The reference answer for ``mode=paste``: align, one model call per photo, paste back."""
-    from pairs.align import align, paste_back
+    from faces.align import align, paste_back
 
     toon = _toonifier(str(model))
     faces = align(photo, **toon.align_options())

@@ -1,9 +1,9 @@
-"""Synthetic faces (pairs.synthetic): determinism, the shared geometry of the two styles, landmarks
-that sit on the drawing, FFHQ framing checked through pairs.align, dlib HOG detection, datasets
+"""Synthetic faces (demo.synthetic): determinism, the shared geometry of the two styles, landmarks
+that sit on the drawing, FFHQ framing checked through faces.align, dlib HOG detection, datasets
 and the torch-free import.
 
 References: the expected crop of a jittered face is the same face rendered without jitter (the
-module draws faces FFHQ-aligned by construction); alignment itself is pairs.align's FFHQ recipe.
+module draws faces FFHQ-aligned by construction); alignment itself is faces.align's FFHQ recipe.
 Tolerances were set from measurements on the seeds used here (see each test) with some headroom.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from pairs.synthetic import (
+from demo.synthetic import (
     HAIR_STYLES,
     FaceParams,
     background,
@@ -31,7 +31,7 @@ from pairs.synthetic import (
     write_dataset,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 S = 128  # small renders keep the suite fast; geometry is resolution independent
 
 
@@ -130,11 +130,11 @@ def test_landmarks_sit_on_the_drawing(style):
 
 @pytest.mark.parametrize("style", ["game", "photo"])
 def test_align_with_landmarks_undoes_the_pose_jitter(style):
-    """The aligned crop of a jittered render (hand landmarks, pairs.align) is the render without
+    """The aligned crop of a jittered render (hand landmarks, faces.align) is the render without
     jitter: the geometry exactly, the pixels up to resampling (measured mean |diff| in the inner
     3/4: game <= 2.3, photo <= 3.2 levels, whose grain is resampled)."""
-    from pairs.align import align, canonical_points
-    from pairs.warp import recipe_points
+    from faces.align import align, canonical_points
+    from faces.warp import recipe_points
 
     size, tol = 256, {"game": 3.5, "photo": 4.5}[style]
     inner = slice(size // 8, size - size // 8)
@@ -160,7 +160,7 @@ def test_align_with_landmarks_undoes_the_pose_jitter(style):
 def test_photo_scene_landmarks_match_the_drawing():
     """Aligning a scene with its landmarks gives the crop ``render`` draws (face pixels only;
     backgrounds and texture seeds differ; measured mean |diff| <= 6)."""
-    from pairs.align import align
+    from faces.align import align
 
     for i in range(2):
         q = params(i).without_jitter()
@@ -184,7 +184,7 @@ def test_hog_detects_photo_faces_and_predicts_our_landmarks():
     (seed 1000) and 30/30 here; we require 27/30. Where found, dlib's 68-point predictor lands
     within 5 % of the eye distance of our landmarks on average (we require 10 %)."""
     dlib = pytest.importorskip("dlib")
-    from pairs.detect import PREDICTOR_FILE, model_file
+    from faces.detect import PREDICTOR_FILE, model_file
 
     try:
         predictor = dlib.shape_predictor(str(model_file(PREDICTOR_FILE)))
@@ -239,7 +239,7 @@ def test_import_pairs_synthetic_leaves_torch_out():
     code = (
         "import sys\n"
         "import numpy as np\n"
-        "from pairs.synthetic import sample_params, render\n"
+        "from demo.synthetic import sample_params, render\n"
         "render(sample_params(np.random.default_rng(0)), 'game', 32)\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad\n"

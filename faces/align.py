@@ -1,12 +1,12 @@
 """Face alignment the FFHQ way, and paste-back into the photo; imports no torch.
 
-    from pairs.align import align, paste_back
+    from faces.align import align, paste_back
 
     faces = align("photo.jpg")                  # list[AlignedFace], largest first; [] if none
     outputs = [toonify(f.crop) for f in faces]   # any (S, S, 3) uint8 image per crop
     result = paste_back("photo.jpg", faces, outputs)   # (H, W, 3|4) uint8, alpha kept
 
-The photo is read upright (EXIF applied) and as RGB or RGBA (see :mod:`pairs.image`); the same
+The photo is read upright (EXIF applied) and as RGB or RGBA (see :mod:`faces.image`); the same
 reading is used by :func:`paste_back`, so pass it the same path, Pillow image or array.
 """
 
@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from pairs.detect import DETECTORS, Detection, FaceDetector
-from pairs.image import AlignError, ImageLike, load_image
-from pairs.warp import (
+from faces.detect import DETECTORS, Detection, FaceDetector
+from faces.image import AlignError, ImageLike, load_image
+from faces.warp import (
     ffhq_quad,
     ffhq_warp,
     paste_crop,

@@ -164,7 +164,7 @@ def test_reader_does_not_import_foreign_modules(tmp_path):
         [sys.executable, "-c", code, str(pkl)],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -171,7 +171,7 @@ def test_toonify_cli_end_to_end(G, tmp_path):
 
 
 def test_identity_distance_separates_people():
-    from pairs.align import align
+    from faces.align import align
     from teacher.identity import SAME_PERSON_THRESHOLD, identity_distance
 
     a = align(shared_file("faces", "obama_small.jpg"), size=256)[0].crop

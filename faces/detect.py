@@ -24,7 +24,7 @@ import dlib
 import numpy as np
 from PIL import Image
 
-from pairs.image import AlignError, to_gray
+from faces.image import AlignError, to_gray
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 CNN_FILE = "mmod_human_face_detector.dat"
