@@ -33,8 +33,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from common.runs import DistInfo  # noqa: E402
 from teacher.config import make_config  # noqa: E402
-from teacher.train import DistInfo, training_loop  # noqa: E402
+from teacher.train import training_loop  # noqa: E402
 
 
 def _images(folder: Path, n: int, size: int) -> Path:

@@ -38,9 +38,9 @@ import onnx
 import torch
 from torch import nn
 
+from common.files import file_sha256
 from student.io import read_student
 from student.networks import fold_batch_norm
-from teacher.io import file_sha256
 
 FORMAT_VERSION = "1"
 FLOAT_ATOL = 1e-4

@@ -66,9 +66,10 @@ import PIL
 import torch
 from PIL import features
 
+from common.files import file_sha256
 from pairs import shards
 from pairs.shards import PairsError
-from teacher.io import CheckpointError, file_sha256, load_generator
+from teacher.io import CheckpointError, load_generator
 from teacher.networks import Generator, SynthesisLayer
 from teacher.sample import seed_latent
 

@@ -114,7 +114,7 @@ def _device(name: str):
 def _write_json(report: dict[str, Any], path: str | None) -> None:
     text = json.dumps(report, indent=2, default=str)
     if path:
-        from teacher.io import atomic_write
+        from common.files import atomic_write
 
         atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
     print(text)

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.files import file_sha256
 from common.images import make_grid, save_png
 from student.config import StudentConfig
 from student.data import PairsError, PairsInfo, iter_pairs, open_pairs, split_counts
 from student.io import read_student
 from student.ops import float_to_uint8, l1_uint8, psnr_uint8, ssim_uint8, uint8_to_float
-from teacher.io import file_sha256
 
 DEFAULT_HOLDOUT_PERCENT = 5.0
 

@@ -27,7 +27,8 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from teacher.io import atomic_write, file_sha256, state_mismatch
+from common.files import atomic_write, file_sha256
+from common.weights import state_mismatch
 
 FORMAT_VERSION = 1
 KIND_STUDENT = "student.generator"

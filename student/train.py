@@ -36,7 +36,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from common.files import atomic_write
 from common.images import save_png
+from common.runs import DistInfo, init_distributed, kimg_bar, snapshot_tag
 from student.config import StudentConfig
 from student.data import open_pairs, split_counts, train_loader
 from student.evaluate import comparison_grid, heldout_metrics, load_eval_set, run_student
@@ -49,8 +51,6 @@ from student.networks import (
     generator_arch,
 )
 from student.ops import augment_pair, uint8_to_float
-from teacher.io import atomic_write
-from teacher.train import DistInfo, init_distributed, kimg_bar, snapshot_tag
 
 __all__ = [
     "DistInfo",

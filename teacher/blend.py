@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from teacher.io import file_sha256, load_generator, save_network
+from common.files import file_sha256
+from teacher.io import load_generator, save_network
 from teacher.networks import Generator
 from teacher.sample import seed_latent, to_uint8
 

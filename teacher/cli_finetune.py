@@ -122,8 +122,9 @@ def config_from_args(args: argparse.Namespace, resolution: int, gpus: int) -> Tr
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from common.runs import init_distributed
     from teacher.dataset import ImageDataset
-    from teacher.train import init_distributed, training_loop
+    from teacher.train import training_loop
 
     data = ImageDataset(args.data)
     di = init_distributed()

@@ -17,13 +17,11 @@ Every failure is a :class:`CheckpointError` with a one-line message naming the f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from common.files import atomic_write, file_sha256
+from common.weights import state_mismatch
 from teacher.networks import Discriminator, Generator
 from teacher.pickle_reader import (
     CorruptPickleError,
@@ -73,27 +73,6 @@ class NetworkSpec:
             raise CheckpointError(f"{self.kind} {problem}")
         net.load_state_dict({k: v.to(torch.float32) for k, v in self.state.items()}, strict=True)
         return net.eval()
-
-
-def state_mismatch(
-    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
-) -> str | None:
-    """Why ``state`` cannot be loaded strictly into a module whose state dict is ``expected``
-    (missing or unexpected names, or a shape that differs), or None when it can."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        return (
-            f"state does not match its arch: missing {missing[:3]}"
-            f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
-            f"{'...' if len(unexpected) > 3 else ''}"
-        )
-    for name, t in state.items():
-        if tuple(t.shape) != tuple(expected[name].shape):
-            return (
-                f"tensor {name} has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}"
-            )
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,14 +198,6 @@ def discriminator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) 
 
 # ---------------------------------------------------------------------------------------------
 # Reading
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sniff(path: Path) -> str:
@@ -415,28 +386,6 @@ def load_discriminator(path: str | os.PathLike) -> Discriminator:
 
 # ---------------------------------------------------------------------------------------------
 # Writing
-
-
-def atomic_write_path(final: Path) -> Path:
-    """A temporary path next to ``final`` (same directory, so the rename is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place; the
-    temporary file is removed if anything fails, so ``path`` is never half written."""
-    path = Path(path)
-    tmp = atomic_write_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def save_network(

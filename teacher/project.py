@@ -270,7 +270,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def save_projected_w(path: str | Path, ws: torch.Tensor, names: list[str] | None = None) -> Path:
     """Write ``projected_w.npz``: key ``w`` [N, num_ws, w_dim] float32 (what NVIDIA's
     ``generate.py --projected-w`` reads) and, when given, ``names`` [N] (the source of each row)."""
-    from teacher.io import atomic_write
+    from common.files import atomic_write
 
     path = Path(path)
     arrays = {"w": ws.detach().cpu().numpy().astype(np.float32)}

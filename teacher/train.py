@@ -21,15 +21,12 @@ every tick: starting the same command again continues from the last tick.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,56 +34,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from common.files import atomic_write
 from common.images import make_grid, save_png
+from common.runs import DistInfo, TrainError, kimg_bar, snapshot_tag
 from teacher.config import TrainConfig
 from teacher.dataset import ImageDataset, index_stream
-from teacher.io import atomic_write, read_networks, save_snapshot
+from teacher.io import read_networks, save_snapshot
 from teacher.loss import LatentDraw, StyleGAN2Loss
 from teacher.networks import Discriminator, Generator
 from teacher.sample import to_uint8
-
-
-class TrainError(Exception):
-    """A run cannot start or continue (one-line message)."""
-
-
-@dataclass
-class DistInfo:
-    """Process group facts (a single process when ``world == 1``)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _destroy_process_group() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def init_distributed() -> DistInfo:
-    """Read torchrun's environment; NCCL on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        # Tear the group down before interpreter exit: a process group left to die with the
-        # interpreter can abort in its communication threads ("terminate called without an
-        # active exception").
-        atexit.register(_destroy_process_group)
-    return DistInfo(rank=rank, world=world, device=device)
-
 
 # ---------------------------------------------------------------------------------------------
 # Setup helpers
@@ -219,24 +175,6 @@ def draw_step_inputs(
         res * res
     )
     return out
-
-
-def kimg_bar(total_nimg: int, cur_nimg: int, desc: str):
-    """A tqdm progress bar counting thousands of images (kimg), starting at ``cur_nimg``."""
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total_nimg / 1000,
-        initial=cur_nimg / 1000,
-        unit="kimg",
-        desc=desc,
-        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]",
-    )
-
-
-def snapshot_tag(nimg: int) -> str:
-    """``000040`` for 40 kimg (NVIDIA's naming); ``000000.064`` for fractional kimg."""
-    return f"{nimg // 1000:06d}" if nimg % 1000 == 0 else f"{nimg / 1000:010.3f}"
 
 
 class _Done:

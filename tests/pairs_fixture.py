@@ -166,8 +166,8 @@ def _write_pairs(
     perturb: float,
     color_shift: float,
 ) -> Path:
+    from common.files import file_sha256
     from teacher import load_generator
-    from teacher.io import file_sha256
 
     base = load_generator(base_path)
     toon = toon_teacher(base, perturb, color_shift)

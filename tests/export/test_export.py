@@ -95,7 +95,7 @@ def test_metadata_round_trip(student, model):
     assert int(meta["toon.size"]) == SIZE == toon.size
     assert json.loads(meta["toon.align"]) == {"recipe": "ffhq", "size": SIZE}
     assert json.loads(meta["toon.teachers"]) == {"base": "ab" * 32}
-    from teacher.io import file_sha256
+    from common.files import file_sha256
 
     assert meta["toon.student_sha256"] == file_sha256(student)
     assert meta["toon.preset"] == "tiny" and toon.device == "cpu"

@@ -140,7 +140,7 @@ def test_changed_config_is_refused_and_longer_runs_resume(pairs_dir: Path, tmp_p
     r = training_loop(cfg.replace(kimg=0.064), progress=False)
     assert r["step"] == 8
     with pytest.raises(TrainError, match="not divisible by"):
-        from student.train import DistInfo
+        from common.runs import DistInfo
 
         training_loop(cfg.replace(batch=7), DistInfo(rank=0, world=2), progress=False)
 
@@ -207,7 +207,8 @@ def test_torchrun_two_cpu_processes(pairs_dir: Path, tmp_path: Path) -> None:
     script.write_text(
         "import sys\n"
         "from student.config import make_config\n"
-        "from student.train import init_distributed, training_loop\n"
+        "from common.runs import init_distributed\n"
+        "from student.train import training_loop\n"
         f"cfg = make_config('tiny', dict(pairs={str(pairs_dir)!r}, outdir=sys.argv[1], "
         "kimg=0.064, tick_kimg=0.032, snap=1, eval_pairs=8, grid_pairs=2))\n"
         "di = init_distributed()\n"
@@ -237,7 +238,7 @@ def test_torchrun_two_cpu_processes(pairs_dir: Path, tmp_path: Path) -> None:
 def test_cuda_mixed_precision_runs(pairs_dir: Path, tmp_path: Path, amp: str) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from student.train import DistInfo
+    from common.runs import DistInfo
 
     cfg = _resume_cfg(pairs_dir, tmp_path / amp, amp=amp, arch="mobile", kimg=0.064)
     training_loop(cfg, DistInfo(device=torch.device("cuda", 0)), progress=False)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from common.files import file_sha256
 from teacher.blend import (
     blend_generators,
     block_resolution_of,
@@ -24,7 +25,7 @@ from teacher.blend import (
     high_share,
 )
 from teacher.cli import main
-from teacher.io import file_sha256, load_generator, save_network
+from teacher.io import load_generator, save_network
 from teacher.sample import seed_latent, to_uint8
 from tests.conftest import randomize_, tiny_generator
 

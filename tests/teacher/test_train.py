@@ -194,7 +194,8 @@ def test_two_processes_match_one_process(tmp_path):
     script.write_text(
         "import sys\n"
         "from teacher.config import make_config\n"
-        "from teacher.train import init_distributed, training_loop\n"
+        "from common.runs import init_distributed\n"
+        "from teacher.train import training_loop\n"
         f"cfg = make_config('tiny', dict(data={str(tmp_path / 'data')!r}, "
         f"base={str(shared_file('fixtures', 'tiny32.pkl'))!r}, outdir=sys.argv[1], "
         "augpipe='none', noise_mode='const', kimg=0.016, tick_kimg=0.016, batch_gpu=4), 32)\n"
