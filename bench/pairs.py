@@ -43,7 +43,9 @@ sys.path[:] = [str(_REPO)] + [
 import torch  # noqa: E402
 
 from bench.teacher_synthesis import PAPER256, cpu_name  # noqa: E402
-from pairs.generate import GenerateConfig, default_workers, generate, prepare_job  # noqa: E402
+from pairs.generate import generate  # noqa: E402
+from pairs.job import GenerateConfig, prepare_job  # noqa: E402
+from pairs.writer import default_workers  # noqa: E402
 from teacher.blend import blend_generators  # noqa: E402
 from teacher.io import save_network  # noqa: E402
 from teacher.networks import Generator  # noqa: E402

@@ -12,6 +12,9 @@ from PIL import Image
 
 from common.files import atomic_write
 
+# File name endings read as images when a folder of photos is given.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+
 
 def make_grid(images: Sequence[np.ndarray], cols: int | None = None) -> np.ndarray:
     """Tile HWC uint8 images (all the same shape) row by row into one image."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import pickle
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +187,7 @@ def load_resume_state(
             if name in optional and not blob.get(name):
                 continue
             obj.load_state_dict(blob[name])
-    except (RuntimeError, KeyError, EOFError, ValueError) as e:
+    except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as e:
         raise TrainError(
             f"{path}: cannot resume ({error_line(e)}); delete it to restart the run"
         ) from None

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from common.files import atomic_write_bytes
 from faces.warp import ffhq_quad, quad_matrix, transform_points
 
 __all__ = [
@@ -1285,12 +1286,6 @@ def render_photo_scene(
 # -- datasets -----------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _png_bytes(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img, "RGB").save(buf, format="PNG", optimize=False, compress_level=6)
@@ -1317,7 +1312,7 @@ def write_dataset(
     vectors = []
     for i in range(int(n)):
         p, rng = item_params(seed, i)
-        _atomic_write(out / f"{i:05d}.png", _png_bytes(render(p, style, size, rng)))
+        atomic_write_bytes(out / f"{i:05d}.png", _png_bytes(render(p, style, size, rng)))
         vectors.append([float(v) for v in p.to_vector()])
     meta = {
         "format": "toon.synthetic/1",
@@ -1328,5 +1323,5 @@ def write_dataset(
         "names": FaceParams.vector_names(),
         "params": vectors,
     }
-    _atomic_write(out / "params.json", (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "params.json", (json.dumps(meta, indent=1) + "\n").encode())
     return out

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import traceback
 from pathlib import Path
+
+from common.cli import run_command
 
 PROG = "toon-export"
 
@@ -83,6 +83,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per action, each with its ``func``."""
     p = argparse.ArgumentParser(prog=PROG, description="Export a student to ONNX and verify it.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,23 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    if argv is None:
-        argv = sys.argv[1:]
-    if not argv:
-        parser.print_usage(sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
-    from export.onnx_export import ExportError
-    from student.io import StudentFileError
-
-    try:
-        return args.func(args)
-    except (ExportError, StudentFileError, ValueError, OSError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    """Entry point of ``toon-export`` (no arguments: the usage, exit status 2)."""
+    return run_command(PROG, build_parser(), argv, usage_without_command=True)
 
 
 if __name__ == "__main__":

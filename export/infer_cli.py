@@ -23,8 +23,11 @@ import time
 import traceback
 from pathlib import Path
 
+from common.cli import error_line, run_command
+from common.files import atomic_write
+from common.images import IMAGE_EXTENSIONS
+
 PROG = "toon-infer"
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def expand_inputs(items: list[str]) -> list[str]:
@@ -69,10 +72,9 @@ def output_path(
 
 
 def _save(array, path: Path, quality: int) -> None:
+    """Write an image atomically, in the format its suffix names (PNG when unknown)."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     img = Image.fromarray(array)
     fmt = {
         ".jpg": "JPEG",
@@ -84,8 +86,8 @@ def _save(array, path: Path, quality: int) -> None:
     }.get(path.suffix.lower(), "PNG")
     if fmt == "JPEG" and img.mode == "RGBA":
         img = img.convert("RGB")
-    img.save(tmp, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
-    tmp.replace(path)
+    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **options))
 
 
 def process(src: str, toon, args: argparse.Namespace, multi: bool) -> dict:
@@ -189,26 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=infer)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def infer(args: argparse.Namespace) -> int:
+    """Toonify every input; the exit status of the module docstring."""
     from export.runtime import ModelError, Toonifier, default_model_path
 
     model = args.model or default_model_path()
     if model is None:
-        print(
-            f"{PROG}: error: no model: pass --model FILE or set TOON_MODEL (make one with "
-            "'toon-export onnx --student student.safetensors --out toon.onnx')",
-            file=sys.stderr,
+        raise ModelError(
+            "no model: pass --model FILE or set TOON_MODEL (make one with "
+            "'toon-export onnx --student student.safetensors --out toon.onnx')"
         )
-        return 1
-    try:
-        toon = Toonifier(model, threads=args.threads, device=args.device)
-    except ModelError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    toon = Toonifier(model, threads=args.threads, device=args.device)
     if args.size is not None and args.size != toon.size:
         print(
             f"{PROG}: error: --size {args.size} but the model expects {toon.size}", file=sys.stderr
@@ -216,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     inputs = expand_inputs(args.inputs)
     if not inputs:
-        print(f"{PROG}: error: no input images found", file=sys.stderr)
-        return 1
+        raise ValueError("no input images found")
     multi = len(inputs) > 1
     bar = None
     if multi and not args.json:
@@ -231,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # one bad file must not stop the batch
             if args.debug:
                 traceback.print_exc()
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = error_line(e)
             print(
                 f"{PROG}: error: {src}: {msg}" if src not in msg else f"{PROG}: error: {msg}",
                 file=sys.stderr,
@@ -256,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     if empty and not args.skip_empty:
         return 3
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``toon-infer``."""
+    return run_command(PROG, build_parser(), argv)
 
 
 if __name__ == "__main__":

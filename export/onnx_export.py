@@ -38,7 +38,8 @@ import onnx
 import torch
 from torch import nn
 
-from common.files import file_sha256
+from common.cli import ToonError
+from common.files import atomic_write, file_sha256
 from student.io import read_student
 from student.networks import fold_batch_norm
 
@@ -48,7 +49,7 @@ UINT8_ATOL = 1
 MIN_PSNR = {"fp16": 40.0, "int8": 28.0}
 
 
-class ExportError(Exception):
+class ExportError(ToonError):
     """Export or verification failed (one-line message)."""
 
 
@@ -206,6 +207,13 @@ def _metadata(student_path: Path, sf, io: str, size: int, precision: str) -> dic
     }
 
 
+def _set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Replace the model's ``metadata_props`` with ``metadata``."""
+    del model.metadata_props[:]
+    for k, v in metadata.items():
+        model.metadata_props.add(key=k, value=v)
+
+
 def _convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Every float32 initializer and intermediate in float16, io unchanged (Casts at the ends)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -350,40 +358,40 @@ def export_onnx(
         if io == "uint8"
         else torch.zeros(2, 3, size, size)
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmpdir:
-        tmp = Path(tmpdir) / "model.onnx"
-        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["image"],
-                output_names=["toon"],
-                dynamic_axes={"image": {0: "batch"}, "toon": {0: "batch"}},
-            )
-        model = onnx.load(str(tmp))
-        if dtype == torch.float16:
-            model = _convert_fp16(model)
-        del model.metadata_props[:]
-        for k, v in _metadata(student, sf, io, size, precision).items():
-            model.metadata_props.add(key=k, value=v)
-        onnx.save(model, str(tmp))
-        if precision == "int8":
-            qtmp = Path(tmpdir) / "model.int8.onnx"
-            _quantize_int8(tmp, qtmp, calib, io)
-            model = onnx.load(str(qtmp))
-            del model.metadata_props[:]
-            for k, v in _metadata(student, sf, io, size, precision).items():
-                model.metadata_props.add(key=k, value=v)
-            onnx.save(model, str(tmp))
-        if any(Path(tmpdir).glob("*.data")):
-            raise ExportError("export wrote external data; expected one self-contained file")
-        checks = verify_model(tmp, G, calib=None)
-        final_tmp = out.with_name(f".{out.name}.tmp")
-        os.replace(tmp, final_tmp)
-    os.replace(final_tmp, out)
+    metadata = _metadata(student, sf, io, size, precision)
+    checks: dict[str, Any] = {}
+
+    def write(final_tmp: Path) -> None:
+        # The exporter and the quantizer write their intermediate files in a scratch folder
+        # beside ``out``; the finished model is verified under its temporary name.
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmpdir:
+            tmp = Path(tmpdir) / "model.onnx"
+            with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(
+                    wrapper,
+                    (example,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=["image"],
+                    output_names=["toon"],
+                    dynamic_axes={"image": {0: "batch"}, "toon": {0: "batch"}},
+                )
+            model = onnx.load(str(tmp))
+            if dtype == torch.float16:
+                model = _convert_fp16(model)
+            _set_metadata(model, metadata)
+            if precision == "int8":
+                onnx.save(model, str(tmp))
+                qtmp = Path(tmpdir) / "model.int8.onnx"
+                _quantize_int8(tmp, qtmp, calib, io)
+                model = onnx.load(str(qtmp))
+                _set_metadata(model, metadata)
+            if any(Path(tmpdir).glob("*.data")):
+                raise ExportError("export wrote external data; expected one self-contained file")
+        onnx.save(model, str(final_tmp))
+        checks.update(verify_model(final_tmp, G, calib=None))
+
+    atomic_write(out, write)
     return ExportReport(path=str(out), io=io, size=size, precision=precision, checks=checks)

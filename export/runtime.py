@@ -15,18 +15,19 @@ import ctypes
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common.cli import ToonError, error_line
 
 FORMAT_VERSIONS = {"1"}
 IO_KINDS = {"uint8", "float"}
 DEFAULT_MODEL_ENV = "TOON_MODEL"
 
 
-class ModelError(Exception):
+class ModelError(ToonError):
     """The model file is missing, unreadable or of an unknown kind (one-line message)."""
 
 
@@ -50,27 +51,6 @@ def cuda_usable() -> bool:
     except OSError:
         return False
     return True
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``toon.*`` metadata of a model, without building a session."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and friends
-        raise ModelError(f"{path}: not an ONNX model ({type(e).__name__})") from None
-    return {p.key: p.value for p in model.metadata_props if p.key.startswith("toon.")}
-
-
-@dataclass
-class Timings:
-    """Seconds spent per stage of the last call (for reports)."""
-
-    values: dict[str, float] = field(default_factory=dict)
-
-    def add(self, key: str, seconds: float) -> None:
-        self.values[key] = self.values.get(key, 0.0) + seconds
 
 
 class Toonifier:
@@ -117,8 +97,7 @@ class Toonifier:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=list(providers))
         except Exception as e:  # onnxruntime raises its own exception types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{path}: cannot load model ({first[:200]})") from None
+            raise ModelError(f"{path}: cannot load model ({error_line(e)[:200]})") from None
         self.providers = self.session.get_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in self.providers:
             raise ModelError("--device cuda: ONNX Runtime's CUDA provider does not work here")

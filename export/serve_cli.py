@@ -22,11 +22,15 @@ import os
 import sys
 from dataclasses import asdict
 
+from common.cli import error_line, run_command
+from export.runtime import ModelError, Toonifier, default_model_path
+from export.serve_config import CONFIG_ENV, ServeConfig, ServeError, load_api_keys
+
 PROG = "toon-serve"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; every flag maps to a field of ``export.serve.ServeConfig``."""
+    """The command line; every flag maps to a field of ``export.serve_config.ServeConfig``."""
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Serve the exported ONNX model over HTTP: POST /v1/toonify, GET /v1/model, "
@@ -96,32 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="proxies trusted for X-Forwarded-For (uvicorn's; default 127.0.0.1)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=serve)
     return p
 
 
-def _error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``toon-serve``: check everything that can fail, then run uvicorn."""
-    args = build_parser().parse_args(argv)
+def serve(args: argparse.Namespace) -> int:
+    """Check everything that can fail (the serve extra, the config, the key file, the face
+    models, the model), then run uvicorn until a signal stops it."""
     try:
         import starlette  # noqa: F401
         import uvicorn
     except ImportError as e:
-        return _error(
+        raise ServeError(
             f"the service needs the serve extra ({e.name} missing): "
             "pip install 'toon-distill[serve]'"
-        )
-    from export.runtime import ModelError, Toonifier, default_model_path
-    from export.serve import CONFIG_ENV, ServeConfig, create_app, load_api_keys
+        ) from None
+    from export.serve import create_app
     from export.serve_metrics import log_config
+    from faces.detect import PREDICTOR_FILE, model_file
 
     model = args.model or default_model_path()
     if model is None:
-        return _error(
+        raise ModelError(
             "no model: pass --model FILE or set TOON_MODEL (make one with "
             "'toon-export onnx --student student.safetensors --out toon.onnx')"
         )
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level,
             forwarded_allow_ips=args.forwarded_allow_ips,
         )
-    except ValueError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except ValueError as e:  # a bad flag value: a usage error
+        print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
         return 2
     if args.dry_run:
         print(json.dumps(asdict(config), indent=2))
@@ -160,19 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         keys = load_api_keys(config.api_key_file)
     except OSError as e:
-        return _error(f"cannot read the API key file {config.api_key_file}: {e.strerror or e}")
+        raise ServeError(
+            f"cannot read the API key file {config.api_key_file}: {e.strerror or e}"
+        ) from None
     if config.api_key_file and not keys:
-        return _error(f"{config.api_key_file}: no API keys in the file")
-    from faces.detect import PREDICTOR_FILE, model_file
-    from faces.image import AlignError
-
-    try:
-        model_file(PREDICTOR_FILE)
-        toon = Toonifier(
-            config.model, threads=threads, device=config.device, max_batch=config.max_batch
-        )
-    except (ModelError, AlignError) as e:
-        return _error(str(e))
+        raise ServeError(f"{config.api_key_file}: no API keys in the file")
+    model_file(PREDICTOR_FILE)  # fails early, in one line, when the landmark model is missing
+    toon = Toonifier(
+        config.model, threads=threads, device=config.device, max_batch=config.max_batch
+    )
     common = dict(
         host=config.host,
         port=config.port,
@@ -192,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # uvicorn exits 3 when it cannot bind or start (it logged why)
         return 0 if not e.code else 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``toon-serve`` (exit status: see the module docstring)."""
+    return run_command(PROG, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.cli import ToonError
+
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 
-class AlignError(Exception):
+class AlignError(ToonError):
     """A one-line error for the user (unreadable file, missing model file, bad landmarks)."""
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from dataclasses import asdict
 from pathlib import Path
+
+from common.cli import run_command
 
 PROG = "toon-pairs"
 
@@ -82,11 +83,18 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _help(parser: argparse.ArgumentParser) -> int:
+    """Without a subcommand: the help (which lists the commands) on stderr, exit status 2."""
+    parser.print_help(sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Face alignment and dataset preparation (torch-free)."
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.set_defaults(func=lambda _args: _help(p))  # no subcommand; each subcommand sets its own
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     pa = sub.add_parser(
@@ -174,22 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``toon-pairs``; without a subcommand prints usage and returns 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    from faces.image import AlignError
-    from pairs.shards import PairsError
-
-    try:
-        return args.func(args)
-    except (AlignError, PairsError, ValueError, OSError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    """Entry point of ``toon-pairs``; without a subcommand prints the help and returns 2."""
+    return run_command(PROG, build_parser(), argv)
 
 
 if __name__ == "__main__":

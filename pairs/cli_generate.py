@@ -56,7 +56,8 @@ def _non_negative(text: str) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Run or resume a pair generation job."""
-    from pairs.generate import GenerateConfig, describe, generate, prepare_job
+    from pairs.generate import generate
+    from pairs.job import GenerateConfig, describe, prepare_job
 
     cfg = GenerateConfig(
         out=args.out,
@@ -64,8 +65,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         base=args.base,
         count=args.count,
         seed=args.seed,
-        trunc=args.trunc,
-        trunc_cutoff=args.trunc_cutoff,
+        truncation_psi=args.truncation_psi,
+        truncation_cutoff=args.truncation_cutoff,
         noise=args.noise,
         size=args.size,
         shard_size=args.shard_size,
@@ -102,7 +103,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every shard; exit status 1 when any is missing or corrupt."""
-    from pairs.shards import verify
+    from pairs.verify import verify
 
     rep = verify(args.dir, deep=args.deep)
     if args.json:
@@ -126,17 +127,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """Write a grid of src|dst pairs."""
-    from pairs.shards import preview_grid, save_png_atomic
+    from common.images import save_png
+    from pairs.overview import preview_grid
 
     grid = preview_grid(args.dir, n=args.n, start=args.start, cols=args.cols)
-    save_png_atomic(grid, args.out)
+    save_png(grid, args.out)
     print(f"wrote {args.out} ({grid.shape[1]}x{grid.shape[0]})")
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print counts, sizes, the config and pixel statistics."""
-    from pairs.shards import dataset_stats
+    from pairs.overview import dataset_stats
 
     st = dataset_stats(args.dir, sample=args.sample)
     if args.json:
@@ -203,8 +205,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="dataset folder")
     p.add_argument("--count", type=_positive, help="number of pairs (projected: default all)")
     p.add_argument("--seed", type=_non_negative, default=0, help="pair k uses seed+k (default 0)")
-    p.add_argument("--trunc", type=float, help="truncation psi of z pairs (default 0.7)")
-    p.add_argument("--trunc-cutoff", type=_positive, help="truncate only the first N ws")
+    p.add_argument(
+        "--trunc",
+        dest="truncation_psi",
+        metavar="TRUNC",
+        type=float,
+        help="truncation psi of z pairs (default 0.7)",
+    )
+    p.add_argument(
+        "--trunc-cutoff",
+        dest="truncation_cutoff",
+        metavar="TRUNC_CUTOFF",
+        type=_positive,
+        help="truncate only the first N ws",
+    )
     p.add_argument(
         "--noise",
         choices=["const", "random", "none"],

@@ -16,10 +16,11 @@ came from it; ``need_landmarks`` lists the files where no face was found (give t
 ``--landmarks``).
 
 Resume: finished files are recorded in ``OUT.work/`` (one JSON record and the aligned PNGs per
-source file, each written to a temporary name and renamed). Running the same command again skips
-every file whose record matches its size, modification time, the settings and its hand
-landmarks, then rebuilds the output. The work folder is kept so that later runs (new images,
-hand landmarks for missed ones) redo only what changed; delete it once the dataset is final.
+source file, each written to a temporary name and renamed: :mod:`common.files`). Running the same
+command again skips every file whose record matches its size, modification time, the settings and
+its hand landmarks, then rebuilds the output. The work folder is kept so that later runs (new
+images, hand landmarks for missed ones) redo only what changed; delete it once the dataset is
+final.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
+import secrets
 import shutil
 import sys
 import time
@@ -37,8 +40,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageColor
+from PIL import ImageColor
 
+from common.files import atomic_write, atomic_write_text
+from common.images import save_png
 from faces.align import AlignConfig, Aligner, parse_landmarks
 from faces.image import AlignError, composite, load_image
 
@@ -90,17 +95,26 @@ def report_path(out: Path) -> Path:
 
 
 def work_path(out: Path) -> Path:
+    """``OUT.work``: the folder of finished per-file work that makes a rerun resume."""
     return out.with_name(out.name + ".work")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _atomic_write_json(path: Path, obj: object) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _temp_name(final: Path) -> Path:
+    """A hidden temporary name beside ``final``, ``.{name}.XXXXXXXX.tmp`` (the pattern of
+    :func:`common.files.temp_path`), for the dataset folder swap; nothing is created."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _stale_temps(folder: Path, name: str) -> list[Path]:
+    """Temporary files or folders of ``name`` in ``folder`` left by an interrupted run."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp$")
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if pattern.match(p.name)]
 
 
 def find_images(in_dir: Path, exclude: Iterable[Path] = ()) -> tuple[list[Path], int]:
@@ -170,12 +184,6 @@ def _init_worker(config: PrepareConfig) -> None:
         _CONFIG = config
 
 
-def _save_png(path: Path, crop: np.ndarray, level: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(crop, "RGB").save(tmp, format="PNG", compress_level=level)
-    os.replace(tmp, path)
-
-
 def _face_entry(d, kept: bool, reason: str | None) -> dict:
     e = {
         "box": [round(float(v), 1) for v in d.box],
@@ -222,7 +230,7 @@ def process_file(task: dict) -> dict:
                     crops.append(al.from_detection(img, d))
                 entries.append(_face_entry(d, reason is None, reason))
         for k, f in enumerate(crops):
-            _save_png(work / "faces" / f"{task['key']}-{k}.png", f.crop, cfg.png_compress_level)
+            save_png(f.crop, work / "faces" / f"{task['key']}-{k}.png", cfg.png_compress_level)
             kept = [e for e in entries if e["kept"]][k]
             kept["upscale"] = round(f.scale, 2)
         rec["faces_found"] = len(entries)
@@ -273,18 +281,22 @@ def _write_output(out: Path, items: list[tuple[str, Path]]) -> None:
     """Write the dataset (folder or zip) under a temporary name, then rename it into place."""
     labels = json.dumps({"labels": None}).encode()
     if out.suffix.lower() == ".zip":
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name, src in items:
-                zf.write(src, name)
-            zf.writestr("dataset.json", labels)
-        os.replace(tmp, out)
+
+        def write_zip(tmp: Path) -> None:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+                for name, src in items:
+                    zf.write(src, name)
+                zf.writestr("dataset.json", labels)
+
+        atomic_write(out, write_zip)
         return
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_our_folder(out))):
         raise AlignError(f"{out} exists and is not a dataset folder written by toon-pairs")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    # A folder is swapped, not written: build it under a temporary name, move the old one to
+    # another, rename the new one into place, then delete the old one.
+    tmp = _temp_name(out)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
     for name, src in items:
         dst = tmp / name
         dst.parent.mkdir(exist_ok=True)
@@ -293,7 +305,7 @@ def _write_output(out: Path, items: list[tuple[str, Path]]) -> None:
         except OSError:
             shutil.copyfile(src, dst)
     (tmp / "dataset.json").write_bytes(labels)
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    old = _temp_name(out)
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
@@ -330,7 +342,7 @@ def prepare_dataset(
 
     (work / "done").mkdir(parents=True, exist_ok=True)
     (work / "faces").mkdir(parents=True, exist_ok=True)
-    for stale in [*work.glob("*/.*.tmp-*"), *out.parent.glob(f".{out.name}.tmp-*")]:
+    for stale in [*work.glob("*/.*.tmp"), *_stale_temps(out.parent, out.name)]:
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:

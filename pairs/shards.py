@@ -1,6 +1,7 @@
 """The pairs dataset format: deterministic tar shards, per-shard sidecars and ``manifest.json``.
 
-Torch-free: writing, reading, verifying, statistics and previews need only numpy and Pillow.
+Torch-free: writing and reading shards needs only numpy and Pillow (so do :mod:`pairs.verify`
+and :mod:`pairs.overview`, which read through this module).
 
 Layout of a dataset folder ``OUT/`` (format ``toon-pairs``, format version 1)::
 
@@ -24,6 +25,10 @@ uint8 PNGs of ``resolution x resolution``. The JSON (UTF-8, sorted keys, no spac
      "truncation_cutoff": int (only when set),
      "style_mix": crossover layer or null (only when mix_prob > 0),
      "perturb_std": float (only when perturb_std > 0)}
+
+Names on disk: the per-sample JSON calls truncation psi ``truncation`` (the manifest's
+``config`` and the code say ``truncation_psi``); format version 1 keeps that key, so the one
+mapping is :func:`pairs.render.pair_meta`.
 
 Samples follow in key order, so ``webdataset.WebDataset(urls, shardshuffle=False)`` yields dicts
 with ``__key__``, ``src.png``, ``dst.png`` and ``json``.
@@ -57,8 +62,20 @@ folder therefore never lose each other's entries. The manifest::
 
 Only finished shards are listed (in index order); ``complete`` says whether all ``num_shards``
 are. manifest.json and the tars are byte-identical however the shards were split across
-processes (sidecars differ in ``written``). Readers: :func:`read_manifest`, :func:`iter_pairs`,
-:func:`verify` (torch-free).
+processes (sidecars differ in ``written``).
+
+**Held-out split** (deterministic by key, independent of shards, processes and order): pair
+``key`` is held out when ``int.from_bytes(sha256(key.encode("ascii")).digest()[:8], "big") %
+10000 < round(100 * percent)`` (:func:`is_held_out`). The student trains on the rest and
+evaluates on the held-out pairs.
+
+**Reading** (one reader for generation, ``verify``, ``stats``/``preview``, the student's loader
+and export's calibration): :func:`read_manifest` checks the format; :func:`complete_shards`
+checks that a dataset is finished and consistent; :func:`read_samples` groups the tar members of
+a sequence of shards into samples ``{"__key__", "__url__", "src.png", "dst.png", "json"}``
+(webdataset's layout), skipping unselected pairs unread; :func:`decode_pair` checks and decodes
+the two images; :func:`iter_pairs` puts them together. Verification: :mod:`pairs.verify`;
+statistics and previews: :mod:`pairs.inspect`.
 """
 
 from __future__ import annotations
@@ -70,15 +87,16 @@ import math
 import os
 import re
 import tarfile
-import tempfile
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from common.cli import ToonError
+from common.files import atomic_write_bytes, file_sha256, temp_path
 
 FORMAT = "toon-pairs"
 FORMAT_VERSION = 1
@@ -87,13 +105,13 @@ MANIFEST_NAME = "manifest.json"
 KEY_DIGITS = 9
 DEFAULT_PNG_LEVEL = 1
 MEMBER_EXTS = ("dst.png", "json", "src.png")  # tar order within a sample (sorted)
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+ENTRY_KEYS = ("name", "index", "first", "count", "sha256", "bytes")  # a manifest shard entry
+HOLDOUT_BUCKETS = 10000
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.(tar|json)$")
-_TEMP_RE = re.compile(r"^\..+\.tmp$")
-_ENTRY_KEYS = ("name", "index", "first", "count", "sha256", "bytes")
+TEMP_RE = re.compile(r"^\..+\.tmp$")  # temporary files (common.files.temp_path names)
 
 
-class PairsError(Exception):
+class PairsError(ToonError):
     """A pairs job or dataset problem, with a one-line message for the user."""
 
 
@@ -127,6 +145,22 @@ def shard_range(index: int, count: int, shard_size: int) -> range:
 
 
 # ---------------------------------------------------------------------------------------------
+# The held-out split
+
+
+def holdout_bucket(key: str) -> int:
+    """A pair's bucket in [0, 10000): the first 8 bytes of ``sha256(key)``, big-endian, mod
+    10000."""
+    digest = hashlib.sha256(key.encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big") % HOLDOUT_BUCKETS
+
+
+def is_held_out(key: str, percent: float) -> bool:
+    """Whether pair ``key`` belongs to the held-out split of ``percent`` percent."""
+    return holdout_bucket(key) < round(percent * HOLDOUT_BUCKETS / 100)
+
+
+# ---------------------------------------------------------------------------------------------
 # Encoding
 
 
@@ -135,8 +169,8 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def config_sha256(config: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of a config dict."""
+def config_sha256(config: Any) -> str:
+    """sha256 of the canonical JSON of a config dict (or any JSON value)."""
     return hashlib.sha256(canonical_json(config)).hexdigest()
 
 
@@ -149,95 +183,24 @@ def encode_png(image: np.ndarray, level: int = DEFAULT_PNG_LEVEL) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG (or any Pillow image) bytes -> HWC RGB uint8."""
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an HWC RGB uint8 image to ``size x size`` with Pillow's Lanczos (no-op if equal)."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    im = Image.fromarray(image, mode="RGB").resize((size, size), Image.Resampling.LANCZOS)
-    return np.asarray(im, dtype=np.uint8)
-
-
-def load_photo(path: str | os.PathLike, size: int) -> np.ndarray:
-    """An aligned photo as ``size x size`` RGB uint8 (Lanczos-resized when needed)."""
+def decode_image(data: bytes, resolution: int, what: str) -> np.ndarray:
+    """A sample's PNG -> HWC RGB uint8, checked to be RGB ``resolution x resolution``
+    (PairsError naming ``what`` otherwise)."""
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise PairsError(f"{path}: unreadable image ({e})") from None
-    if arr.shape[0] != arr.shape[1]:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise PairsError(f"{what}: unreadable PNG ({e})") from None
+    if img.mode != "RGB" or img.size != (resolution, resolution):
         raise PairsError(
-            f"{path}: aligned photos must be square, this one is {arr.shape[1]}x{arr.shape[0]}"
+            f"{what}: expected RGB {resolution}x{resolution}, got {img.mode} "
+            f"{img.size[0]}x{img.size[1]}"
         )
-    return resize_rgb(arr, size)
-
-
-def encode_pair(
-    src: np.ndarray | str, dst: np.ndarray, size: int, level: int
-) -> tuple[bytes, bytes]:
-    """PNG-encode one pair at ``size`` (worker-process entry point; ``src`` may be a photo path)."""
-    src_img = load_photo(src, size) if isinstance(src, str) else resize_rgb(src, size)
-    return encode_png(src_img, level), encode_png(resize_rgb(dst, size), level)
+    return np.asarray(img, dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic files
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp makes 0o600
-
-
-def temp_path(final: Path) -> Path:
-    """A new hidden temporary file next to ``final``: ``.{name}.XXXXXXXX.tmp`` (usual mode)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
-    return Path(tmp)
-
-
-def write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
-    """Write ``data`` to a temporary name, then rename it to ``path``."""
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def remove_stale_temps(out: Path, index: int) -> list[str]:
-    """Remove temporary files of shard ``index`` left by a killed run; returns their names."""
-    removed = []
-    for name in (shard_name(index), sidecar_name(index)):
-        for p in out.glob(f".{name}.*.tmp"):
-            p.unlink(missing_ok=True)
-            removed.append(p.name)
-    return removed
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# Writing shards
 
 
 class _HashingFile:
@@ -273,7 +236,6 @@ class ShardWriter:
         self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._hasher = _HashingFile(self._file)
         self._tar = tarfile.open(fileobj=self._hasher, mode="w", format=tarfile.GNU_FORMAT)  # type: ignore[call-overload]
-        self.samples = 0
 
     def add(self, key: str, members: Mapping[str, bytes]) -> None:
         """Append one sample; members are written sorted by extension."""
@@ -287,7 +249,6 @@ class ShardWriter:
             info.uname = info.gname = ""
             info.type = tarfile.REGTYPE
             self._tar.addfile(info, io.BytesIO(data))
-        self.samples += 1
 
     def commit(self) -> tuple[str, int]:
         """Finish the archive, fsync, rename into place; returns ``(sha256, bytes)``."""
@@ -306,14 +267,24 @@ class ShardWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temps(out: Path, index: int) -> list[str]:
+    """Remove temporary files of shard ``index`` left by a killed run; returns their names."""
+    removed = []
+    for name in (shard_name(index), sidecar_name(index)):
+        for p in out.glob(f".{name}.*.tmp"):
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
 # ---------------------------------------------------------------------------------------------
 # Sidecars and the manifest
 
 
 def write_sidecar(out: Path, record: Mapping[str, Any]) -> None:
-    """Write ``shard-{index:06d}.json`` atomically (the shard's finished record)."""
+    """Write ``shard-{index:06d}.json`` atomically and fsynced (the shard's finished record)."""
     data = json.dumps(dict(record), indent=2, sort_keys=True).encode() + b"\n"
-    write_atomic(out / sidecar_name(int(record["index"])), data)
+    atomic_write_bytes(out / sidecar_name(int(record["index"])), data, sync=True)
 
 
 def read_sidecar(out: Path, index: int) -> dict[str, Any] | None:
@@ -326,19 +297,25 @@ def read_sidecar(out: Path, index: int) -> dict[str, Any] | None:
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``manifest.json`` of a dataset folder (PairsError when not a dataset)."""
+    """Read ``manifest.json`` of a dataset folder and check its format and version (PairsError
+    when the folder is missing or not a toon-pairs dataset). Finished or not: see
+    :func:`complete_shards` for readers that need the whole set."""
     mpath = Path(path) / MANIFEST_NAME
     try:
         man = json.loads(mpath.read_bytes())
     except FileNotFoundError:
-        raise PairsError(f"{path}: no {MANIFEST_NAME}; not a toon-pairs dataset") from None
+        if not Path(path).exists():
+            raise PairsError(f"{path}: pairs dataset not found") from None
+        raise PairsError(
+            f"{path}: no {MANIFEST_NAME}; not a toon-pairs dataset (toon-pairs generate writes it)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PairsError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise PairsError(f"{mpath}: not a toon-pairs manifest")
+        raise PairsError(f"{mpath}: not a toon-pairs manifest (format is not {FORMAT!r})")
     if man.get("format_version") != FORMAT_VERSION:
         raise PairsError(
-            f"{mpath}: format version {man.get('format_version')!r} is not supported "
+            f"{mpath}: unsupported format_version {man.get('format_version')!r} "
             f"(this toon-pairs reads version {FORMAT_VERSION})"
         )
     return man
@@ -361,9 +338,8 @@ def _listed_shards(out: Path, man: Mapping[str, Any]) -> list[dict[str, Any]]:
     for index in range(man["num_shards"]):
         rec = read_sidecar(out, index)
         if sidecar_matches(man, rec, index) and (out / shard_name(index)).is_file():
-            entries.append(
-                {k: rec[k] for k in ("name", "index", "first", "count", "sha256", "bytes")}
-            )
+            assert rec is not None
+            entries.append({k: rec[k] for k in ENTRY_KEYS})
     return entries
 
 
@@ -387,7 +363,7 @@ def init_manifest(out: Path, static: Mapping[str, Any]) -> dict[str, Any]:
     mpath = out / MANIFEST_NAME
     if not mpath.exists():
         foreign = sorted(
-            p.name for p in out.iterdir() if not (_SHARD_RE.match(p.name) or _TEMP_RE.match(p.name))
+            p.name for p in out.iterdir() if not (_SHARD_RE.match(p.name) or TEMP_RE.match(p.name))
         )
         if foreign:
             raise PairsError(
@@ -444,7 +420,7 @@ def rebuild_manifest(out: Path, max_rounds: int = 20) -> dict[str, Any]:
     static = {k: v for k, v in man.items() if k not in ("shards", "complete", "finished_count")}
     entries = _listed_shards(out, static)
     for _ in range(max_rounds):
-        write_atomic(out / MANIFEST_NAME, manifest_bytes(static, entries), sync=False)
+        atomic_write_bytes(out / MANIFEST_NAME, manifest_bytes(static, entries))
         again = _listed_shards(out, static)
         if again == entries:
             break
@@ -476,25 +452,120 @@ def shard_problem(
     return "ok", ""
 
 
+@dataclass(frozen=True)
+class ShardEntry:
+    """One finished shard as the manifest lists it (``sha256`` is ``""`` when not given)."""
+
+    name: str
+    first: int
+    count: int
+    sha256: str
+
+
+def complete_shards(
+    root: str | os.PathLike, manifest: Mapping[str, Any], verify: bool = False
+) -> tuple[ShardEntry, ...]:
+    """The shards of a finished dataset, checked: well-formed entries, all ``num_shards``
+    listed, contiguous from pair 0 to ``count``, plain file names, every file present;
+    ``verify`` also compares every shard's sha256 (reads all the data). Raises PairsError."""
+    root = Path(root)
+    mpath = root / MANIFEST_NAME
+    try:
+        resolution = int(manifest["resolution"])
+        count = int(manifest["count"])
+        shards = tuple(
+            ShardEntry(str(s["name"]), int(s["first"]), int(s["count"]), str(s.get("sha256", "")))
+            for s in manifest["shards"]
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise PairsError(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
+    if resolution < 1 or count < 0:
+        raise PairsError(f"{mpath}: bad resolution {resolution} or count {count}")
+    num_shards = int(manifest.get("num_shards", len(shards)))
+    if manifest.get("complete") is False or len(shards) < num_shards:
+        done = sum(s.count for s in shards)
+        raise PairsError(
+            f"{root}: dataset is incomplete ({len(shards)} of {num_shards} shards, {done} of "
+            f"{count} pairs); finish it by running the same toon-pairs generate command again"
+        )
+    if num_shards != len(shards):
+        raise PairsError(
+            f"{mpath}: num_shards is {manifest['num_shards']} but {len(shards)} shards are listed"
+        )
+    expected_first = 0
+    for s in shards:
+        if s.first != expected_first:
+            raise PairsError(
+                f"{mpath}: shard {s.name} starts at pair {s.first}, expected {expected_first}"
+            )
+        expected_first += s.count
+        if "/" in s.name or "\\" in s.name or s.name.startswith("."):
+            raise PairsError(f"{mpath}: bad shard name {s.name!r}")
+        if not (root / s.name).is_file():
+            raise PairsError(f"{root / s.name}: shard listed in the manifest is missing")
+    if expected_first != count:
+        raise PairsError(f"{mpath}: shards hold {expected_first} pairs but count is {count}")
+    if verify:
+        for s in shards:
+            if s.sha256 and file_sha256(root / s.name) != s.sha256:
+                raise PairsError(f"{root / s.name}: sha256 differs from the manifest (corrupt?)")
+    return shards
+
+
 # ---------------------------------------------------------------------------------------------
-# Reading
+# Reading samples
 
 
-def _group_samples(tf: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
-    key: str | None = None
-    sample: dict[str, bytes] = {}
+def _tar_samples(
+    tf: tarfile.TarFile, url: str, select: Callable[[str], bool] | None
+) -> Iterator[dict[str, Any]]:
+    sample: dict[str, Any] = {}
     for info in tf:
         if not info.isfile():
             continue
-        base, _, ext = info.name.partition(".")
-        if key is not None and base != key:
-            yield key, sample
-            sample = {}
-        key = base
+        key, _, ext = info.name.partition(".")
+        if select is not None and not select(key):
+            continue  # skipped without reading its bytes
+        if sample.get("__key__") != key:
+            if sample:
+                yield sample
+            sample = {"__key__": key, "__url__": url}
         f = tf.extractfile(info)
         sample[ext] = f.read() if f is not None else b""
-    if key is not None:
-        yield key, sample
+    if sample:
+        yield sample
+
+
+def read_samples(
+    paths: Iterable[str | os.PathLike], select: Callable[[str], bool] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The samples of the shards ``paths`` (read in order, lazily: ``paths`` may be endless),
+    as webdataset lays them out: ``{"__key__": key, "__url__": shard path, "src.png": bytes,
+    "dst.png": bytes, "json": bytes}``, members grouped by consecutive key.
+
+    ``select(key)`` picks pairs; the members of other pairs are skipped without reading their
+    bytes. An unreadable or truncated shard raises PairsError.
+    """
+    for path in paths:
+        url = str(path)
+        try:
+            with tarfile.open(path) as tf:
+                yield from _tar_samples(tf, url, select)
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PairsError(f"{url}: unreadable shard ({first})") from None
+
+
+def decode_pair(sample: Mapping[str, Any], resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(src, dst)`` HWC RGB uint8 of a sample from :func:`read_samples`, each checked to be
+    ``resolution x resolution``."""
+    where = f"{sample.get('__url__', 'shard')}: pair {sample.get('__key__', '?')}"
+    out = []
+    for part in ("src.png", "dst.png"):
+        if part not in sample:
+            raise PairsError(f"{where} has no {part}")
+        out.append(decode_image(sample[part], resolution, f"{where} {part}"))
+    return out[0], out[1]
 
 
 def iter_pairs(
@@ -504,239 +575,30 @@ def iter_pairs(
     shards listed in the manifest; ``keys`` (ints or zero-padded strings) selects pairs."""
     path = Path(path)
     man = read_manifest(path)
-    wanted: dict[int, set[int]] | None = None  # shard index -> keys
+    entries = list(man["shards"])
+    select = None
     if keys is not None:
-        wanted = defaultdict(set)
-        for k in keys:
-            wanted[int(k) // man["shard_size"]].add(int(k))
-        listed = {s["index"] for s in man["shards"]}
+        wanted = {int(k) for k in keys}
+        listed = {s["index"] for s in entries}
         absent = sorted(
-            k
-            for i, ks in wanted.items()
-            for k in ks
-            if i not in listed or not 0 <= k < man["count"]
+            k for k in wanted if k // man["shard_size"] not in listed or not 0 <= k < man["count"]
         )
         if absent:
             raise PairsError(
                 f"{path}: pairs {absent[:5]}{' ...' if len(absent) > 5 else ''} are not in a "
                 "finished shard"
             )
-    for entry in man["shards"]:
-        if wanted is not None and entry["index"] not in wanted:
-            continue
-        with tarfile.open(path / entry["name"]) as tf:
-            for key, sample in _group_samples(tf):
-                if wanted is not None and int(key) not in wanted[entry["index"]]:
-                    continue
-                try:
-                    yield (
-                        key,
-                        decode_png(sample["src.png"]),
-                        decode_png(sample["dst.png"]),
-                        json.loads(sample["json"]),
-                    )
-                except (KeyError, OSError, ValueError) as e:
-                    raise PairsError(f"{path / entry['name']}: bad sample {key}: {e}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Verify
-
-
-@dataclass
-class VerifyReport:
-    """What :func:`verify` found. ``shards`` holds ``{"name", "status", "detail"}`` per shard."""
-
-    path: str
-    count: int
-    num_shards: int
-    ok_pairs: int = 0
-    shards: list[dict[str, str]] = field(default_factory=list)
-    stray_temps: list[str] = field(default_factory=list)
-    manifest_updated: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True when every shard is present and intact."""
-        return all(s["status"] == "ok" for s in self.shards)
-
-    def problems(self) -> list[dict[str, str]]:
-        """The shards that are not ok."""
-        return [s for s in self.shards if s["status"] != "ok"]
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "path": self.path,
-            "ok": self.ok,
-            "count": self.count,
-            "ok_pairs": self.ok_pairs,
-            "num_shards": self.num_shards,
-            "ok_shards": sum(s["status"] == "ok" for s in self.shards),
-            "problems": self.problems(),
-            "stray_temps": self.stray_temps,
-            "manifest_updated": self.manifest_updated,
-        }
-
-
-def _check_members(path: Path, man: Mapping[str, Any], index: int, deep: bool) -> str:
-    r = shard_range(index, man["count"], man["shard_size"])
-    res = man["resolution"]
-    try:
-        with tarfile.open(path) as tf:
-            names = [m.name for m in tf.getmembers()]
-            expected = [f"{pair_key(k)}.{ext}" for k in r for ext in MEMBER_EXTS]
-            if names != expected:
-                return f"{len(names)} members, expected {len(expected)} in key order"
-            if deep:
-                for key, sample in _group_samples(tf):
-                    for ext in ("src.png", "dst.png"):
-                        img = decode_png(sample[ext])
-                        if img.shape != (res, res, 3):
-                            return f"{key}.{ext} is {img.shape}, expected {res}x{res} RGB"
-                    if json.loads(sample["json"]).get("index") != int(key):
-                        return f"{key}.json has another index"
-    except (tarfile.TarError, OSError, ValueError, KeyError) as e:
-        return f"unreadable tar: {type(e).__name__}: {e}"
-    return ""
-
-
-def verify(
-    path: str | os.PathLike, deep: bool = False, update_manifest: bool = True
-) -> VerifyReport:
-    """Check every shard of a dataset: sidecar, size, sha256, member names and order (``deep``:
-    also decode every image and JSON). Brings ``manifest.json`` up to date with the sidecars
-    first (``update_manifest``), as after processes that were killed before rebuilding it."""
-    path = Path(path)
-    man = read_manifest(path)
-    rep = VerifyReport(str(path), man["count"], man["num_shards"])
-    if update_manifest:
-        before = [s.get("name") for s in man["shards"]]
+        shard_indices = {k // man["shard_size"] for k in wanted}
+        entries = [s for s in entries if s["index"] in shard_indices]
+        wanted_keys = {pair_key(k) for k in wanted}
+        select = wanted_keys.__contains__
+    resolution = int(man["resolution"])
+    for sample in read_samples((path / s["name"] for s in entries), select):
+        src, dst = decode_pair(sample, resolution)
         try:
-            man = rebuild_manifest(path)
-        except OSError:
-            pass  # read-only folder: verify what is there
-        rep.manifest_updated = [s.get("name") for s in man["shards"]] != before
-    rep.stray_temps = sorted(p.name for p in path.iterdir() if _TEMP_RE.match(p.name))
-    for index in range(man["num_shards"]):
-        status, detail = shard_problem(path, man, index, check_hash=True)
-        if status == "ok":
-            detail = _check_members(path / shard_name(index), man, index, deep)
-            status = "corrupt" if detail else "ok"
-        rep.shards.append({"name": shard_name(index), "status": status, "detail": detail})
-        if status == "ok":
-            rep.ok_pairs += len(shard_range(index, man["count"], man["shard_size"]))
-    return rep
-
-
-# ---------------------------------------------------------------------------------------------
-# Stats and preview
-
-
-def dataset_stats(path: str | os.PathLike, sample: int = 64) -> dict[str, Any]:
-    """Counts, sizes on disk (from tar headers), the config, and pixel statistics over the
-    first ``sample`` pairs (mean RGB of inputs and targets, mean |dst - src|)."""
-    path = Path(path)
-    man = read_manifest(path)
-    src_bytes = dst_bytes = total = 0
-    for entry in man["shards"]:
-        total += int(entry["bytes"])
-        with tarfile.open(path / entry["name"]) as tf:
-            for m in tf.getmembers():
-                if m.name.endswith(".src.png"):
-                    src_bytes += m.size
-                elif m.name.endswith(".dst.png"):
-                    dst_bytes += m.size
-    pairs = int(man["finished_count"])
-    src_sum = np.zeros(3)
-    dst_sum = np.zeros(3)
-    diff = 0.0
-    n = 0
-    kinds: dict[str, int] = {}
-    mixed = 0
-    if sample > 0 and pairs:
-        for _, src, dst, meta in iter_pairs(path, keys=_first_keys(man, sample)):
-            src_sum += src.reshape(-1, 3).mean(0)
-            dst_sum += dst.reshape(-1, 3).mean(0)
-            diff += float(np.abs(dst.astype(np.int16) - src.astype(np.int16)).mean())
-            kinds[meta.get("latent_kind", "?")] = kinds.get(meta.get("latent_kind", "?"), 0) + 1
-            mixed += meta.get("style_mix") is not None
-            n += 1
-    cfg = man["config"]
-    return {
-        "path": str(path),
-        "resolution": man["resolution"],
-        "count": man["count"],
-        "finished_pairs": pairs,
-        "num_shards": man["num_shards"],
-        "finished_shards": len(man["shards"]),
-        "complete": man["complete"],
-        "bytes": total,
-        "bytes_per_pair": round(total / pairs) if pairs else None,
-        "src_png_bytes_mean": round(src_bytes / pairs) if pairs else None,
-        "dst_png_bytes_mean": round(dst_bytes / pairs) if pairs else None,
-        "config": cfg,
-        "teachers": man["teachers"],
-        "sample": {
-            "pairs": n,
-            "latent_kinds": kinds,
-            "style_mixed": mixed,
-            "src_mean_rgb": [round(float(v) / n, 2) for v in src_sum] if n else None,
-            "dst_mean_rgb": [round(float(v) / n, 2) for v in dst_sum] if n else None,
-            "mean_abs_dst_minus_src": round(diff / n, 3) if n else None,
-        },
-    }
-
-
-def _first_keys(man: Mapping[str, Any], n: int, start: int = 0) -> list[int]:
-    keys: list[int] = []
-    for entry in man["shards"]:
-        for k in range(max(entry["first"], start), entry["first"] + entry["count"]):
-            if len(keys) >= n:
-                return keys
-            keys.append(k)
-    return keys
-
-
-def preview_grid(
-    path: str | os.PathLike, n: int = 16, start: int = 0, cols: int | None = None
-) -> np.ndarray:
-    """The first ``n`` finished pairs from pair ``start`` as one HWC uint8 image.
-
-    Each cell is ``src | dst`` side by side (``R x 2R``); cells fill rows of ``cols`` (default
-    ``ceil(sqrt(m))`` for the ``m`` pairs found), so the image is
-    ``ceil(m / cols) * R`` high and ``cols * 2R`` wide.
-    """
-    man = read_manifest(path)
-    keys = _first_keys(man, n, start)
-    if not keys:
-        raise PairsError(f"{path}: no finished pairs to preview")
-    cells = [np.concatenate([src, dst], axis=1) for _, src, dst, _ in iter_pairs(path, keys)]
-    cols = cols or math.ceil(math.sqrt(len(cells)))
-    rows = math.ceil(len(cells) / cols)
-    h, w, _ = cells[0].shape
-    grid = np.zeros([rows * h, cols * w, 3], dtype=np.uint8)
-    for i, cell in enumerate(cells):
-        r, c = divmod(i, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = cell
-    return grid
-
-
-def save_png_atomic(image: np.ndarray, path: str | os.PathLike, level: int = 6) -> Path:
-    """Write an HWC RGB uint8 image as PNG atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, encode_png(image, level), sync=False)
-    return path
-
-
-def list_photos(folder: str | os.PathLike) -> list[str]:
-    """Image files under ``folder`` (recursive) as sorted relative POSIX paths."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise PairsError(f"{root}: photo folder not found")
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+            meta = json.loads(sample["json"])
+        except (KeyError, ValueError) as e:
+            raise PairsError(
+                f"{sample['__url__']}: pair {sample['__key__']}: no readable json ({e})"
+            ) from None
+        yield sample["__key__"], src, dst, meta

@@ -19,14 +19,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from common.images import save_png
+from common.cli import ToonError
+from common.images import IMAGE_EXTENSIONS, save_png
 from student.evaluate import run_student
 from student.io import read_student
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
-
-class ApplyError(Exception):
+class ApplyError(ToonError):
     """The inputs cannot be processed as asked (one-line message)."""
 
 

@@ -16,9 +16,10 @@ import argparse
 import dataclasses
 import json
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
+
+from common.cli import run_command
 
 PROG = "toon-student"
 _NONE = "__none__"
@@ -84,7 +85,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from student.train import init_distributed, training_loop
+    from common.runs import init_distributed
+    from student.train import training_loop
 
     cfg = config_from_args(args)
     if args.dry_run:
@@ -100,27 +102,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-    return dev
-
-
 def _write_json(report: dict[str, Any], path: str | None) -> None:
     text = json.dumps(report, indent=2, default=str)
     if path:
-        from common.files import atomic_write
+        from common.files import atomic_write_text
 
-        atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+        atomic_write_text(path, text + "\n")
     print(text)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from common.runs import pick_device
     from student.evaluate import evaluate_student
 
     report = evaluate_student(
@@ -129,7 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         holdout_percent=args.holdout_percent,
         max_pairs=args.max_pairs,
         batch=args.batch,
-        device=_device(args.device),
+        device=pick_device(args.device),
         inception=args.inception,
         vgg16=args.vgg16,
         grid_path=args.grid,
@@ -141,6 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from common.runs import pick_device
     from student.apply import apply_student
 
     result = apply_student(
@@ -149,7 +142,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         args.out,
         size=args.size,
         batch=args.batch,
-        device=_device(args.device),
+        device=pick_device(args.device),
         progress=not args.quiet,
     )
     for reason in result["failed"]:
@@ -233,31 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``toon-student``; returns the exit status (1 with a one-line error)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from student.apply import ApplyError
-    from student.data import PairsError
-    from student.io import StudentFileError
-    from student.loss import LossError
-    from student.train import TrainError
-    from teacher.metrics import MetricsError
-
-    try:
-        return args.func(args)
-    except (
-        ApplyError,
-        LossError,
-        MetricsError,
-        PairsError,
-        StudentFileError,
-        TrainError,
-        ValueError,
-        OSError,
-    ) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    return run_command(PROG, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,11 @@
-"""Reading the pairs dataset: the manifest, the held-out split, and the shard streams.
+"""The student's side of the pairs dataset: the held-out split in use, and the training stream.
 
-Format (written by ``toon-pairs generate``; read here with ``webdataset``'s tar iterators, no
-dependency on the writer): a folder with ``manifest.json`` and shards ``shard-{i:06d}.tar``.
-Each sample has the key ``f"{k:09d}"`` (k = pair index) and the tar members ``{key}.src.png``
-(input, RGB uint8 R x R), ``{key}.dst.png`` (the teacher's target) and ``{key}.json``. The
-manifest: ``{"format": "toon-pairs", "format_version": 1, "resolution": R, "count": N,
-"shard_size": S, "num_shards": n, "shards": [{"name", "first", "count", "sha256"}, ...],
-"config": {...}, "teachers": {...}}``.
-
-**Held-out split** (deterministic by key, independent of shards, processes and order): pair
-``key`` is held out when ``int.from_bytes(sha256(key.encode("ascii")).digest()[:8], "big") %
-10000 < round(100 * holdout_percent)``. Training never reads a held-out pair; evaluation reads
-only held-out pairs. The default 5% holds out about one pair in twenty.
+The format and its reader are :mod:`pairs.shards` (manifest checks, the held-out rule
+:func:`pairs.shards.is_held_out`, the sample reader :func:`pairs.shards.read_samples`); this
+module opens a finished dataset for training (:func:`open_pairs`), reads one split of it in key
+order (:func:`split_pairs`) and streams training batches with augmentation parameters
+(:class:`PairStream`, :func:`train_loader`). Training never reads a held-out pair; evaluation
+reads only held-out pairs. The default 5% holds out about one pair in twenty.
 
 **Training stream** (:class:`PairStream`): an endless, deterministic stream per *reader slot*
 (one per data-loader worker per process; ``slot = rank * workers + worker``). Epoch e visits the
@@ -30,155 +24,67 @@ processes x workers for even coverage.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
-import json
 import os
 import random
-import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from common.files import file_sha256
+from pairs.shards import (
+    MANIFEST_NAME,
+    PairsError,
+    ShardEntry,
+    complete_shards,
+    decode_pair,
+    is_held_out,
+    pair_key,
+    read_manifest,
+    read_samples,
+)
 from student.ops import draw_augment_params
-
-FORMAT = "toon-pairs"
-FORMAT_VERSION = 1
-HOLDOUT_BUCKETS = 10000
-
-
-class PairsError(Exception):
-    """The pairs dataset is missing, malformed or unreadable (one-line message)."""
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """One shard as the manifest lists it."""
-
-    name: str
-    first: int
-    count: int
-    sha256: str
 
 
 @dataclass(frozen=True)
 class PairsInfo:
-    """A checked pairs dataset: its folder, manifest and the manifest file's sha256."""
+    """A finished pairs dataset opened for training: its folder, manifest, the manifest file's
+    sha256 (the student file records it as its source) and the checked shards."""
 
     root: Path
     manifest: dict[str, Any]
     manifest_sha256: str
     resolution: int
     count: int
-    shards: tuple[ShardInfo, ...]
+    shards: tuple[ShardEntry, ...]
 
     @property
     def teachers(self) -> dict[str, Any]:
         """The manifest's ``teachers`` entry (files and hashes of the teacher networks)."""
         return dict(self.manifest.get("teachers") or {})
 
-    def shard_path(self, shard: ShardInfo) -> Path:
+    def shard_path(self, shard: ShardEntry) -> Path:
         """Where a shard's tar file is."""
         return self.root / shard.name
 
 
-def pair_key(k: int) -> str:
-    """The sample key of pair ``k``: nine zero-padded digits."""
-    return f"{k:09d}"
-
-
-def holdout_bucket(key: str) -> int:
-    """A pair's bucket in [0, 10000): the first 8 bytes of ``sha256(key)``, big-endian, mod
-    10000."""
-    digest = hashlib.sha256(key.encode("ascii")).digest()
-    return int.from_bytes(digest[:8], "big") % HOLDOUT_BUCKETS
-
-
-def is_held_out(key: str, percent: float) -> bool:
-    """Whether pair ``key`` belongs to the held-out split of ``percent`` percent."""
-    return holdout_bucket(key) < round(percent * HOLDOUT_BUCKETS / 100)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def open_pairs(path: str | os.PathLike, verify: bool = False) -> PairsInfo:
-    """Read and check ``manifest.json`` of a pairs folder; ``verify`` also checks every shard's
-    sha256 (reads all the data). Raises :class:`PairsError`."""
+    """Open a finished pairs dataset (:func:`pairs.shards.read_manifest` and
+    :func:`pairs.shards.complete_shards`); ``verify`` also checks every shard's sha256 (reads
+    all the data). Raises :class:`pairs.shards.PairsError`."""
     root = Path(path)
-    if not root.exists():
-        raise PairsError(f"{root}: pairs dataset not found")
-    mpath = root / "manifest.json"
-    if not mpath.is_file():
-        raise PairsError(f"{root}: no manifest.json (not a pairs dataset from toon-pairs generate)")
-    raw = mpath.read_bytes()
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise PairsError(f"{mpath}: not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PairsError(f"{mpath}: not a toon-pairs manifest (format is not {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise PairsError(
-            f"{mpath}: unsupported format_version {manifest.get('format_version')!r} "
-            f"(this reader knows {FORMAT_VERSION})"
-        )
-    try:
-        resolution = int(manifest["resolution"])
-        count = int(manifest["count"])
-        shards = tuple(
-            ShardInfo(str(s["name"]), int(s["first"]), int(s["count"]), str(s.get("sha256", "")))
-            for s in manifest["shards"]
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise PairsError(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
-    if resolution < 1 or count < 0:
-        raise PairsError(f"{mpath}: bad resolution {resolution} or count {count}")
-    num_shards = int(manifest.get("num_shards", len(shards)))
-    if manifest.get("complete") is False or len(shards) < num_shards:
-        done = sum(s.count for s in shards)
-        raise PairsError(
-            f"{root}: dataset is incomplete ({len(shards)} of {num_shards} shards, {done} of "
-            f"{count} pairs); finish it by running the same toon-pairs generate command again"
-        )
-    if num_shards != len(shards):
-        raise PairsError(
-            f"{mpath}: num_shards is {manifest['num_shards']} but {len(shards)} shards are listed"
-        )
-    expected_first = 0
-    for s in shards:
-        if s.first != expected_first:
-            raise PairsError(
-                f"{mpath}: shard {s.name} starts at pair {s.first}, expected {expected_first}"
-            )
-        expected_first += s.count
-        if "/" in s.name or "\\" in s.name or s.name.startswith("."):
-            raise PairsError(f"{mpath}: bad shard name {s.name!r}")
-        if not (root / s.name).is_file():
-            raise PairsError(f"{root / s.name}: shard listed in the manifest is missing")
-    if expected_first != count:
-        raise PairsError(f"{mpath}: shards hold {expected_first} pairs but count is {count}")
-    if verify:
-        for s in shards:
-            if s.sha256 and _sha256(root / s.name) != s.sha256:
-                raise PairsError(f"{root / s.name}: sha256 differs from the manifest (corrupt?)")
+    manifest = read_manifest(root)
+    shards = complete_shards(root, manifest, verify=verify)
     return PairsInfo(
         root=root,
         manifest=manifest,
-        manifest_sha256=hashlib.sha256(raw).hexdigest(),
-        resolution=resolution,
-        count=count,
+        manifest_sha256=file_sha256(root / MANIFEST_NAME),
+        resolution=int(manifest["resolution"]),
+        count=int(manifest["count"]),
         shards=shards,
     )
 
@@ -189,53 +95,13 @@ def split_counts(info: PairsInfo, holdout_percent: float) -> dict[str, int]:
     return {"train": info.count - held, "heldout": held}
 
 
-# ---------------------------------------------------------------------------------------------
-# Decoding
+def _chw_pair(sample: Mapping[str, Any], resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(src, dst)`` of a sample as uint8 CHW arrays (the layout the networks take)."""
+    src, dst = decode_pair(sample, resolution)
+    return src.transpose(2, 0, 1).copy(), dst.transpose(2, 0, 1).copy()
 
 
-def _decode_png(data: bytes, resolution: int, what: str) -> np.ndarray:
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise PairsError(f"{what}: unreadable PNG ({e})") from None
-    if img.mode != "RGB" or img.size != (resolution, resolution):
-        raise PairsError(
-            f"{what}: expected RGB {resolution}x{resolution}, got {img.mode} "
-            f"{img.size[0]}x{img.size[1]}"
-        )
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
-
-
-def decode_pair(sample: dict[str, Any], resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(src, dst)`` uint8 CHW arrays of a webdataset sample."""
-    key = sample.get("__key__", "?")
-    where = f"{sample.get('__url__', 'shard')}: pair {key}"
-    out = []
-    for part in ("src.png", "dst.png"):
-        if part not in sample:
-            raise PairsError(f"{where} has no {part}")
-        out.append(_decode_png(sample[part], resolution, f"{where} {part}"))
-    return out[0], out[1]
-
-
-def _tar_samples(urls: Iterator[dict[str, str]], select=None) -> Iterator[dict[str, Any]]:
-    """webdataset's tar reader (samples grouped by key), with read errors as PairsError."""
-    import webdataset as wds
-
-    samples = wds.tarfile_samples(urls, select_files=select)
-    while True:
-        try:
-            sample = next(samples)
-        except StopIteration:
-            return
-        except (tarfile.TarError, OSError, ValueError, EOFError) as e:
-            first = str(e.args[0]) if e.args else type(e).__name__
-            raise PairsError(f"unreadable shard: {first}") from None
-        yield sample
-
-
-def iter_pairs(
+def split_pairs(
     info: PairsInfo,
     split: str = "heldout",
     holdout_percent: float = 5.0,
@@ -251,17 +117,10 @@ def iter_pairs(
             return True
         return is_held_out(key, holdout_percent) == (split == "heldout")
 
-    def select(fname: str) -> bool:
-        return wanted(os.path.basename(fname).split(".", 1)[0])
-
-    urls = ({"url": str(info.shard_path(s))} for s in info.shards)
-    n = 0
-    for sample in _tar_samples(urls, select):
-        if limit is not None and n >= limit:
-            return
-        src, dst = decode_pair(sample, info.resolution)
+    paths = (info.shard_path(s) for s in info.shards)
+    for sample in itertools.islice(read_samples(paths, wanted), limit):
+        src, dst = _chw_pair(sample, info.resolution)
         yield sample["__key__"], src, dst
-        n += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,14 +165,15 @@ class PairStream(torch.utils.data.IterableDataset):
         self.local_batch = local_batch
         self.start_batches = start_batches
 
-    def _shard_urls(self, slot: int, num_slots: int, seen: list[int]) -> Iterator[dict[str, str]]:
+    def _shard_paths(self, slot: int, num_slots: int, seen: list[int]) -> Iterator[Path]:
+        """The slot's shards, epoch after epoch (endless)."""
         n = len(self.info.shards)
         for epoch in itertools.count():
             before = seen[0]
             order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
             mine = order[slot::num_slots] if n >= num_slots else order
             for i in mine:
-                yield {"url": str(self.info.shard_path(self.info.shards[int(i)]))}
+                yield self.info.shard_path(self.info.shards[int(i)])
             if seen[0] == before:
                 raise PairsError(
                     f"{self.info.root}: reader slot {slot} of {num_slots} found no training "
@@ -326,7 +186,7 @@ class PairStream(torch.utils.data.IterableDataset):
         import webdataset as wds
 
         seen = [0]
-        samples = _tar_samples(self._shard_urls(slot, num_slots, seen))
+        samples = read_samples(self._shard_paths(slot, num_slots, seen))
         if len(self.info.shards) < num_slots:
             samples = (s for j, s in enumerate(samples) if j % num_slots == slot)
         pct = self.cfg.holdout_percent
@@ -353,7 +213,7 @@ class PairStream(torch.utils.data.IterableDataset):
         skip = worker_skip(self.start_batches, worker, workers) * self.local_batch
         stream = itertools.islice(self.raw_stream(slot, num_slots), skip, None)
         for i, sample in enumerate(stream, start=skip):
-            src, dst = decode_pair(sample, self.info.resolution)
+            src, dst = _chw_pair(sample, self.info.resolution)
             aug = draw_augment_params(np.random.default_rng([self.cfg.seed, slot, i]), self.cfg)
             yield {
                 "key": sample["__key__"],
@@ -384,19 +244,11 @@ def train_loader(
 
 
 __all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
     "PairStream",
-    "PairsError",
     "PairsInfo",
-    "ShardInfo",
-    "decode_pair",
-    "holdout_bucket",
-    "is_held_out",
-    "iter_pairs",
     "open_pairs",
-    "pair_key",
     "split_counts",
+    "split_pairs",
     "train_loader",
     "worker_skip",
 ]

@@ -28,8 +28,9 @@ import torch
 
 from common.files import file_sha256
 from common.images import make_grid, save_png
+from pairs.shards import PairsError
 from student.config import StudentConfig
-from student.data import PairsError, PairsInfo, iter_pairs, open_pairs, split_counts
+from student.data import PairsInfo, open_pairs, split_counts, split_pairs
 from student.io import read_student
 from student.ops import float_to_uint8, l1_uint8, psnr_uint8, ssim_uint8, uint8_to_float
 
@@ -47,9 +48,9 @@ def load_eval_set(
     training pairs when nothing is held out; None for ``count == 0``."""
     if count <= 0:
         return None
-    items = list(iter_pairs(info, "heldout", cfg.holdout_percent, limit=count))
+    items = list(split_pairs(info, "heldout", cfg.holdout_percent, limit=count))
     if not items:
-        items = list(iter_pairs(info, "all", cfg.holdout_percent, limit=count))
+        items = list(split_pairs(info, "all", cfg.holdout_percent, limit=count))
     if not items:
         return None
     src = torch.from_numpy(np.stack([it[1] for it in items]))
@@ -179,7 +180,7 @@ def evaluate_student(
         from tqdm import tqdm
 
         bar = tqdm(total=n_total, unit="pair", desc="eval")
-    items = iter_pairs(info, "heldout", pct, limit=n_total)
+    items = split_pairs(info, "heldout", pct, limit=n_total)
     for chunk in _batches(items, batch):
         src = torch.from_numpy(np.stack([c[1] for c in chunk]))
         dst = torch.from_numpy(np.stack([c[2] for c in chunk]))

@@ -27,6 +27,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from common.cli import ToonError
 from common.files import atomic_write, file_sha256
 from common.weights import state_mismatch
 
@@ -34,7 +35,7 @@ FORMAT_VERSION = 1
 KIND_STUDENT = "student.generator"
 
 
-class StudentFileError(Exception):
+class StudentFileError(ToonError):
     """A student file could not be read or is not a student generator (one-line message)."""
 
 

@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.cli import ToonError
+
 NVIDIA_VGG16_URL = (
     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
 )
 
 
-class LossError(Exception):
+class LossError(ToonError):
     """A loss could not be set up (one-line message)."""
 
 

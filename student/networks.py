@@ -412,11 +412,6 @@ def build_generator(arch: dict[str, Any]) -> nn.Module:
         raise ValueError(f"bad {family} arguments: {e}") from None
 
 
-def generator_stride(G: nn.Module) -> int:
-    """The factor that input heights and widths must be multiples of."""
-    return int(G.stride)
-
-
 # ---------------------------------------------------------------------------------------------
 # Export helpers
 
@@ -562,5 +557,4 @@ __all__ = [
     "count_parameters",
     "fold_batch_norm",
     "generator_arch",
-    "generator_stride",
 ]

@@ -36,9 +36,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from common.files import atomic_write
+from common.files import atomic_write_text
 from common.images import save_png
-from common.runs import DistInfo, init_distributed, kimg_bar, snapshot_tag
+from common.runs import (
+    RESUME_FILE,
+    DistInfo,
+    TrainError,
+    all_reduce_,
+    kimg_bar,
+    load_resume_state,
+    prepare_run_dir,
+    save_resume_state,
+    snapshot_tag,
+)
 from student.config import StudentConfig
 from student.data import open_pairs, split_counts, train_loader
 from student.evaluate import comparison_grid, heldout_metrics, load_eval_set, run_student
@@ -52,42 +62,7 @@ from student.networks import (
 )
 from student.ops import augment_pair, uint8_to_float
 
-__all__ = [
-    "DistInfo",
-    "TrainError",
-    "init_distributed",
-    "lr_factor",
-    "prepare_run_dir",
-    "training_loop",
-]
-
-
-class TrainError(Exception):
-    """A run cannot start or continue (one-line message)."""
-
-
-def prepare_run_dir(cfg: StudentConfig) -> bool:
-    """Create the run dir and write ``config.json``; return True when resuming.
-
-    An existing run dir must hold the same config (``kimg`` may change, to extend a run, and
-    ``workers``, which changes the data order from then on); a different one is refused rather
-    than mixed.
-    """
-    out = Path(cfg.outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        new = json.loads(cfg.to_json())
-        free = {"kimg", "workers"}  # a longer run; another worker count (a warning on resume)
-        diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
-        if diff:
-            raise TrainError(
-                f"{out} holds a run with a different config ({', '.join(diff)}); "
-                "use a new --outdir or the same settings to resume"
-            )
-    atomic_write(cfg_path, lambda tmp: tmp.write_text(cfg.to_json()))
-    return (out / "resume-state.pt").exists()
+__all__ = ["lr_factor", "training_loop"]
 
 
 def lr_factor(nimg: int, total_nimg: int, decay: float) -> float:
@@ -104,33 +79,15 @@ def lr_factor(nimg: int, total_nimg: int, decay: float) -> float:
 # Process-group helpers
 
 
-def _all_reduce_mean_(tensors: list[torch.Tensor], world: int) -> None:
-    """Replace each tensor by its mean over the processes (one all_reduce for all)."""
-    flat = torch.cat([t.flatten() for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
-
-
 def _average_grads(module: torch.nn.Module, world: int) -> None:
-    if world == 1:
-        return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    _all_reduce_mean_(grads, world)
+    """Replace each gradient of ``module`` by its mean over the processes."""
+    all_reduce_([p.grad for p in module.parameters() if p.grad is not None], world, mean=True)
 
 
 def _average_buffers(module: torch.nn.Module, world: int) -> None:
-    if world == 1:
-        return
-    bufs = [b for b in module.buffers() if b.is_floating_point()]
-    if not bufs:
-        return
-    _all_reduce_mean_(bufs, world)
+    """Replace each floating-point buffer of ``module`` (batch-norm statistics) by its mean over
+    the processes."""
+    all_reduce_([b for b in module.buffers() if b.is_floating_point()], world, mean=True)
 
 
 def _check_in_sync(module: torch.nn.Module, world: int, device: torch.device) -> None:
@@ -179,7 +136,8 @@ def training_loop(
     (``cur_nimg``, ``step``, ``tick``, ``stopped``).
 
     ``dist_info`` defaults to one process on the CPU; ``toon-student train`` passes
-    :func:`init_distributed` (CUDA when present, torchrun's process group when launched so).
+    :func:`common.runs.init_distributed` (CUDA when present, torchrun's process group when
+    launched so).
     ``stop_after_steps`` ends the call after that many steps without writing anything more
     (a kill, for tests).
     """
@@ -196,7 +154,11 @@ def training_loop(
     if cfg.vgg16 and cfg.vgg_weight > 0:
         vgg = PerceptualLoss(cfg.vgg16, device)  # a missing file fails before anything is written
     out = Path(cfg.outdir)
-    resuming = prepare_run_dir(cfg) if di.main else False
+    resuming = False
+    if di.main:
+        # A resumed run may be longer (kimg) or use another worker count (warned about on
+        # resume: the data order differs from then on); any other change is refused.
+        resuming = prepare_run_dir(out, cfg.to_json(), free={"kimg", "workers"})
     if di.world > 1:
         flag = torch.tensor([int(resuming)], device=device)
         dist.broadcast(flag, 0)
@@ -230,7 +192,7 @@ def training_loop(
     state: dict[str, Any] = dict(cur_nimg=0, step=0, tick=0)
     if resuming:
         state = _load_resume(
-            out / "resume-state.pt", (G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D), di, cfg
+            out / RESUME_FILE, (G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D), di, cfg
         )
 
     if resuming and di.main:
@@ -417,7 +379,7 @@ def training_loop(
             for k, v in stats.items():
                 writer.add_scalar(k, v, global_step=state["cur_nimg"])
             _save_resume(
-                out / "resume-state.pt",
+                out / RESUME_FILE,
                 state,
                 (G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D),
                 di,
@@ -445,45 +407,25 @@ def _truncate_stats(path: Path, step: int) -> None:
     lines = path.read_text().splitlines()
     keep = [x for x in lines if x.strip() and json.loads(x).get("Progress/step", 0) <= step]
     if len(keep) != len(lines):
-        atomic_write(path, lambda tmp: tmp.write_text("".join(x + "\n" for x in keep)))
+        atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
+def _networks(objects) -> dict[str, Any]:
+    """The resume file's names of ``(G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D)``."""
+    names = ("G", "D", "G_ema", "opt_G", "opt_D", "scaler_G", "scaler_D")
+    return dict(zip(names, objects, strict=True))
 
 
 def _save_resume(path: Path, state, objects, di: DistInfo, cfg: StudentConfig) -> None:
-    G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D = objects
-    blob = {
-        "counters": {k: int(v) for k, v in state.items()},
-        "G": G.state_dict(),
-        "D": D.state_dict(),
-        "G_ema": G_ema.state_dict(),
-        "opt_G": opt_G.state_dict(),
-        "opt_D": opt_D.state_dict(),
-        "scaler_G": scaler_G.state_dict(),
-        "scaler_D": scaler_D.state_dict(),
-        "world": di.world,
-        "workers": cfg.workers,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    atomic_write(path, lambda tmp: torch.save(blob, tmp))
+    """Write the resume state: counters, networks, optimizers, scalers, the process and worker
+    counts (to warn when a resume changes them) and the RNG states."""
+    save_resume_state(path, state, _networks(objects), {"world": di.world, "workers": cfg.workers})
 
 
 def _load_resume(path: Path, objects, di: DistInfo, cfg: StudentConfig) -> dict:
-    G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D = objects
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        G.load_state_dict(blob["G"])
-        D.load_state_dict(blob["D"])
-        G_ema.load_state_dict(blob["G_ema"])
-        opt_G.load_state_dict(blob["opt_G"])
-        opt_D.load_state_dict(blob["opt_D"])
-        if blob.get("scaler_G"):
-            scaler_G.load_state_dict(blob["scaler_G"])
-        if blob.get("scaler_D"):
-            scaler_D.load_state_dict(blob["scaler_D"])
-    except (RuntimeError, KeyError, EOFError, ValueError) as e:
-        raise TrainError(
-            f"{path}: cannot resume ({str(e).splitlines()[0]}); delete it to restart the run"
-        ) from None
+    """Restore what :func:`_save_resume` wrote (scalers may be missing) and return the
+    counters; warn when the process or worker count differs from the saved run's."""
+    blob = load_resume_state(path, _networks(objects), optional=("scaler_G", "scaler_D"))
     layout = (blob.get("world", di.world), blob.get("workers", cfg.workers))
     if layout != (di.world, cfg.workers) and di.main:
         print(
@@ -491,7 +433,4 @@ def _load_resume(path: Path, objects, di: DistInfo, cfg: StudentConfig) -> dict:
             f"{di.world} x {cfg.workers}; the data order will differ from an uninterrupted run",
             file=sys.stderr,
         )
-    torch.set_rng_state(blob["torch_rng"])
-    if blob["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
     return dict(blob["counters"])

@@ -1,7 +1,6 @@
 """The teacher: a StyleGAN2-ADA generator/discriminator, checkpoint import and our model format."""
 
 from teacher.io import (
-    CheckpointError,
     convert_checkpoint,
     load_discriminator,
     load_generator,
@@ -9,6 +8,7 @@ from teacher.io import (
     save_network,
 )
 from teacher.networks import Discriminator, Generator
+from teacher.spec import CheckpointError
 
 __all__ = [
     "CheckpointError",

@@ -15,33 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import traceback
 from pathlib import Path
 
-import torch
-
+from common.cli import run_command
 from common.images import make_grid, save_png
+from common.runs import pick_device
 from teacher.blend import MAPPING_CHOICES, blend_files, blend_grid, parse_levels
 from teacher.cli_finetune import add_finetune_parser
 from teacher.cli_project import add_projection_parsers
-from teacher.dataset import DatasetError
-from teacher.io import CheckpointError, convert_checkpoint, load_generator, read_model_info
-from teacher.project import ProjectError
+from teacher.io import convert_checkpoint, load_generator, read_model_info
 from teacher.sample import parse_seeds, sample_images
-from teacher.train import TrainError
 
 PROG = "toon-teacher"
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-    return dev
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -73,8 +58,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for seed, img in sample_images(
         G,
         seeds,
-        truncation_psi=args.trunc,
-        truncation_cutoff=args.trunc_cutoff,
+        truncation_psi=args.truncation_psi,
+        truncation_cutoff=args.truncation_cutoff,
         noise_mode=args.noise_mode,
         class_idx=args.class_idx,
         batch_size=args.batch,
@@ -122,7 +107,7 @@ def cmd_blend_grid(args: argparse.Namespace) -> int:
         high,
         seeds,
         levels,
-        truncation_psi=args.trunc,
+        truncation_psi=args.truncation_psi,
         width=width,
         mapping_from=args.mapping_from,
         class_idx=args.class_idx,
@@ -158,9 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("sample", help="render images for seeds")
     ps.add_argument("--network", required=True, help="generator checkpoint")
     ps.add_argument("--seeds", default="0-15", help="seeds, e.g. 0-15,42 (default 0-15)")
-    ps.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1)")
     ps.add_argument(
-        "--trunc-cutoff", type=int, default=None, help="truncate only the first N ws (default: all)"
+        "--trunc",
+        dest="truncation_psi",
+        type=float,
+        default=1.0,
+        help="truncation psi (default 1)",
+    )
+    ps.add_argument(
+        "--trunc-cutoff",
+        dest="truncation_cutoff",
+        type=int,
+        default=None,
+        help="truncate only the first N ws (default: all)",
     )
     ps.add_argument("--noise-mode", default="const", choices=["const", "random", "none"])
     ps.add_argument(
@@ -218,7 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="swap resolutions, one column each, e.g. 4,8,16,32 (default: 4 up to half the "
         "output resolution)",
     )
-    pg.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1)")
+    pg.add_argument(
+        "--trunc",
+        dest="truncation_psi",
+        type=float,
+        default=1.0,
+        help="truncation psi (default 1)",
+    )
     pg.add_argument(
         "--class",
         dest="class_idx",
@@ -235,15 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (CheckpointError, DatasetError, TrainError, ProjectError, ValueError, OSError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    """Run ``toon-teacher`` with ``argv`` (default: the process arguments); returns the exit
+    status (1 with a one-line message for user errors, the traceback behind ``--debug``)."""
+    return run_command(PROG, build_parser(), argv)
 
 
 if __name__ == "__main__":

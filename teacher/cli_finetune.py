@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from common.runs import init_distributed
 from teacher.config import TrainConfig, make_config
+from teacher.dataset import ImageDataset
+from teacher.train import training_loop
 
 
 def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
@@ -122,10 +125,6 @@ def config_from_args(args: argparse.Namespace, resolution: int, gpus: int) -> Tr
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from common.runs import init_distributed
-    from teacher.dataset import ImageDataset
-    from teacher.train import training_loop
-
     data = ImageDataset(args.data)
     di = init_distributed()
     cfg = config_from_args(args, data.resolution, di.world)

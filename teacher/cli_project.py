@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.images import save_png
+from common.files import atomic_write, atomic_write_text
+from common.images import IMAGE_EXTENSIONS, save_png
+from common.runs import pick_device
+from faces.align import align
 from teacher.io import load_discriminator, load_generator, read_networks
 from teacher.project import ProjectConfig, project, psnr, save_projected_w
 from teacher.sample import to_uint8
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def _list_inputs(target: str) -> list[Path]:
@@ -51,16 +52,6 @@ def _load_aligned(path: Path, size: int) -> np.ndarray:
         raise ValueError(f"{path}: unreadable image ({e})") from None
 
 
-def _align(photo, **kwargs):
-    """``faces.align.align`` with its one-line errors turned into ValueError for the CLI."""
-    from faces.align import AlignError, align
-
-    try:
-        return align(photo, **kwargs)
-    except AlignError as e:
-        raise ValueError(str(e)) from None
-
-
 def _to_tensor(crops: list[np.ndarray], device: torch.device) -> torch.Tensor:
     x = torch.from_numpy(np.stack([c[:, :, :3] for c in crops])).permute(0, 3, 1, 2)
     return x.to(device).float() / 127.5 - 1
@@ -73,6 +64,17 @@ def _identity(a: np.ndarray, b: np.ndarray) -> float | None:
         return identity_distance(a, b)
     except Exception:  # the identity report is optional; projection results stand without it
         return None
+
+
+def _save_noise(path: Path, noise: dict[str, torch.Tensor]) -> None:
+    """Write the optimized noise maps as ``.npz`` (one array per buffer name), atomically."""
+    arrays = {k: v.cpu().numpy() for k, v in noise.items()}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
 
 
 def _project_batch(G, D, crops, cfg: ProjectConfig, vgg16, device, desc: str):
@@ -91,8 +93,6 @@ def _project_batch(G, D, crops, cfg: ProjectConfig, vgg16, device, desc: str):
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from teacher.cli import pick_device
-
     device = pick_device(args.device)
     G = load_generator(args.network).to(device)
     D = None
@@ -117,7 +117,7 @@ def cmd_project(args: argparse.Namespace) -> int:
             crops.append(_load_aligned(path, G.img_resolution))
             names.append(path.stem)
             continue
-        faces = _align(path, size=G.img_resolution, max_faces=args.max_faces)
+        faces = align(path, size=G.img_resolution, max_faces=args.max_faces)
         if not faces:
             print(f"{path}: no face found, skipped")
         for i, face in enumerate(faces):
@@ -157,10 +157,7 @@ def cmd_project(args: argparse.Namespace) -> int:
             )
         all_ws.append(res.ws.cpu())
         if args.optimize_noise:
-            np.savez(
-                outdir / f"{names[start]}_noise.npz",
-                **{k: v.cpu().numpy() for k, v in res.noise.items()},
-            )
+            _save_noise(outdir / f"{names[start]}_noise.npz", res.noise)
     ws = torch.cat(all_ws)
     save_projected_w(outdir / "projected_w.npz", ws, names=names)
     summary = {
@@ -171,7 +168,7 @@ def cmd_project(args: argparse.Namespace) -> int:
         "optimize_noise": cfg.optimize_noise,
         "images": report,
     }
-    (outdir / "report.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(outdir / "report.json", json.dumps(summary, indent=2))
     for r in report:
         ident = r["identity_distance"]
         ident_s = f", identity distance {ident:.3f}" if ident is not None else ""
@@ -182,7 +179,6 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 def cmd_toonify(args: argparse.Namespace) -> int:
     from faces.align import paste_back
-    from teacher.cli import pick_device
 
     device = pick_device(args.device)
     timings: dict[str, float] = {}
@@ -194,7 +190,7 @@ def cmd_toonify(args: argparse.Namespace) -> int:
     timings["load_s"] = time.time() - t
 
     t = time.time()
-    faces = _align(args.photo, size=base.img_resolution, max_faces=args.max_faces)
+    faces = align(args.photo, size=base.img_resolution, max_faces=args.max_faces)
     timings["align_s"] = time.time() - t
     if not faces:
         raise ValueError(f"{args.photo}: no face found")
@@ -240,7 +236,7 @@ def cmd_toonify(args: argparse.Namespace) -> int:
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "total_s": round(sum(timings.values()) - timings["load_s"], 3),
     }
-    (outdir / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(outdir / "report.json", json.dumps(report, indent=2))
     print(
         f"wrote {outdir / (stem + '_toon.png')}: {len(faces)} face(s), "
         f"{report['total_s']:.1f} s (projection {timings['project_s']:.1f} s)"

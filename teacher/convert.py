@@ -1,18 +1,25 @@
-"""Import of foreign StyleGAN2 checkpoints: rosinality ``.pt`` files and NVIDIA TensorFlow pickles.
+"""Translation of foreign StyleGAN2 checkpoints into :class:`~teacher.spec.NetworkSpec` objects.
 
-Both formats hold the network we implement under other names and layouts. Each importer
+:mod:`teacher.io` reads the files (sniffing, restricted unpickling, ``torch.load``) and hands
+the decoded objects here; this module is the one home of every foreign-format translation:
 
-1. infers our flat ``arch`` from tensor shapes (plus, for TF, the pickled ``static_kwargs`` for
-   what shapes cannot tell: architecture, activation, FIR filter, conv clamp, mbstd group size),
-2. builds a fresh network of that arch as the template of names and shapes,
-3. fills every template tensor from exactly one foreign tensor, the layout change written next
-   to the name, and
-4. does not guess: a foreign tensor without a place, or a place without a tensor, is a
-   :class:`~teacher.io.CheckpointError` naming the first few.
+- NVIDIA stylegan2-ada-pytorch snapshots hold our parameter names already; only the pickled
+  constructor arguments are translated into our flat ``arch`` (:func:`networks_from_nvidia`).
+- rosinality ``.pt`` files and NVIDIA TensorFlow pickles hold the network we implement under
+  other names and layouts. Each of those importers
+
+  1. infers our flat ``arch`` from tensor shapes (plus, for TF, the pickled ``static_kwargs`` for
+     what shapes cannot tell: architecture, activation, FIR filter, conv clamp, mbstd group
+     size),
+  2. builds a fresh network of that arch as the template of names and shapes,
+  3. fills every template tensor from exactly one foreign tensor, the layout change written
+     next to the name, and
+  4. does not guess: a foreign tensor without a place, or a place without a tensor, is a
+     :class:`~teacher.spec.CheckpointError` naming the first few.
 
 FIR filter buffers (``resample_filter``) are constants; they come from the fresh network.
 
-Layouts (each checked numerically in ``tests/test_teacher_convert.py``):
+Layouts (each checked numerically in ``tests/teacher/test_convert.py``):
 
 - TF conv weights are ``[kh, kw, in, out]``, dense weights ``[in, out]``; ours are
   ``[out, in, kh, kw]`` and ``[out, in]``.
@@ -35,9 +42,9 @@ import numpy as np
 import torch
 
 from teacher import ops
-from teacher.io import KIND_DISCRIMINATOR, KIND_GENERATOR, CheckpointError, NetworkSpec
 from teacher.networks import DEFAULT_FILTER, Discriminator, Generator, channels_for
-from teacher.pickle_reader import TFNetworkRecord
+from teacher.pickle_reader import PersistentRecord, TFNetworkRecord
+from teacher.spec import KIND_DISCRIMINATOR, KIND_GENERATOR, CheckpointError, NetworkSpec
 
 W_AVG_SAMPLES = 10000  # z samples behind an estimated w_avg
 W_AVG_SEED = 0  # seed of torch.Generator for those samples
@@ -159,6 +166,166 @@ def _check_activation(name: Any, what: str) -> str:
     if name not in ops.ACTIVATION_GAIN:
         raise CheckpointError(f"{what}: unsupported activation {name!r}")
     return str(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# NVIDIA stylegan2-ada-pytorch snapshots: constructor kwargs -> our flat arch
+
+_G_TOP = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"}
+_G_MAPPING = {
+    "num_layers": "mapping_layers",
+    "embed_features": "mapping_embed_features",
+    "layer_features": "mapping_layer_features",
+    "activation": "mapping_activation",
+    "lr_multiplier": "mapping_lr_multiplier",
+    "w_avg_beta": "w_avg_beta",
+}
+_G_SYNTHESIS = {
+    "channel_base",
+    "channel_max",
+    "num_fp16_res",
+    "architecture",
+    "resample_filter",
+    "conv_clamp",
+    "fp16_channels_last",
+    "use_noise",
+    "activation",
+}
+_D_TOP = {
+    "c_dim",
+    "img_resolution",
+    "img_channels",
+    "architecture",
+    "channel_base",
+    "channel_max",
+    "num_fp16_res",
+    "conv_clamp",
+    "cmap_dim",
+}
+_D_BLOCK = {"activation", "resample_filter", "fp16_channels_last", "freeze_layers"}
+_D_MAPPING = {
+    "num_layers": "mapping_layers",
+    "embed_features": "mapping_embed_features",
+    "layer_features": "mapping_layer_features",
+    "lr_multiplier": "mapping_lr_multiplier",
+}
+_D_EPILOGUE = {"mbstd_group_size", "mbstd_num_channels", "activation"}
+_G_POSITIONAL = ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"]
+_D_POSITIONAL = ["c_dim", "img_resolution", "img_channels"]
+
+
+def _merge_positional(args: tuple, kwargs: dict, names: list[str]) -> dict:
+    kwargs = dict(kwargs)
+    for name, value in zip(names, args, strict=False):
+        kwargs[name] = value
+    return kwargs
+
+
+def generator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) -> dict[str, Any]:
+    """Translate NVIDIA ``Generator`` constructor kwargs into our flat :class:`Generator` args.
+
+    Synthesis kwargs may be nested under ``synthesis_kwargs`` (stylegan2-ada-pytorch) or given
+    at the top level (the StyleGAN2 config of NVIDIA's stylegan3 repository).
+    """
+    kwargs = _merge_positional(args, kwargs, _G_POSITIONAL)
+    arch: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _G_TOP:
+            arch[key] = value
+        elif key == "mapping_kwargs":
+            for mk, mv in (value or {}).items():
+                if mk not in _G_MAPPING:
+                    raise CheckpointError(f"unsupported generator mapping argument {mk!r}")
+                arch[_G_MAPPING[mk]] = mv
+        elif key == "synthesis_kwargs":
+            for sk, sv in (value or {}).items():
+                if sk not in _G_SYNTHESIS:
+                    raise CheckpointError(f"unsupported generator synthesis argument {sk!r}")
+                arch[sk] = sv
+        elif key in _G_SYNTHESIS:
+            arch[key] = value
+        else:
+            raise CheckpointError(f"unsupported generator argument {key!r}")
+    missing = _G_TOP - set(arch) - {"img_channels"}
+    if missing:
+        raise CheckpointError(f"generator arguments lack {sorted(missing)}")
+    if "resample_filter" in arch:
+        arch["resample_filter"] = [float(v) for v in arch["resample_filter"]]
+    return arch
+
+
+def discriminator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) -> dict[str, Any]:
+    """Translate NVIDIA ``Discriminator`` constructor kwargs into our flat arguments."""
+    kwargs = _merge_positional(args, kwargs, _D_POSITIONAL)
+    arch: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _D_TOP:
+            arch[key] = value
+        elif key == "block_kwargs":
+            for bk, bv in (value or {}).items():
+                if bk not in _D_BLOCK:
+                    raise CheckpointError(f"unsupported discriminator block argument {bk!r}")
+                arch[bk] = bv
+        elif key == "mapping_kwargs":
+            for mk, mv in (value or {}).items():
+                if mk == "activation" and mv == "lrelu":
+                    continue
+                if mk not in _D_MAPPING:
+                    raise CheckpointError(f"unsupported discriminator mapping argument {mk!r}")
+                arch[_D_MAPPING[mk]] = mv
+        elif key == "epilogue_kwargs":
+            for ek, ev in (value or {}).items():
+                if ek not in _D_EPILOGUE:
+                    raise CheckpointError(f"unsupported discriminator epilogue argument {ek!r}")
+                if ek == "activation" and arch.get("activation", ev) != ev:
+                    raise CheckpointError(
+                        "different block and epilogue activations are unsupported"
+                    )
+                arch[ek] = ev
+        else:
+            raise CheckpointError(f"unsupported discriminator argument {key!r}")
+    if "resample_filter" in arch:
+        arch["resample_filter"] = [float(v) for v in arch["resample_filter"]]
+    return arch
+
+
+def _spec_from_record(key: str, rec: PersistentRecord) -> NetworkSpec:
+    """One network of a snapshot: its arch from the pickled constructor arguments, its state
+    dict as pickled (the names are already ours)."""
+    if rec.class_name == "Generator":
+        arch = generator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
+        kind = KIND_GENERATOR
+    elif rec.class_name == "Discriminator":
+        arch = discriminator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
+        kind = KIND_DISCRIMINATOR
+    else:
+        raise CheckpointError(
+            f"snapshot entry {key!r} is a {rec.class_name!r}, not a StyleGAN2 network"
+        )
+    state = dict(rec.state_dict())
+    if any(name.startswith("synthesis.input.") for name in state):
+        raise CheckpointError("StyleGAN3 (alias-free) generators are not supported")
+    return NetworkSpec(kind=kind, arch=arch, state=state)
+
+
+def networks_from_nvidia(obj: Mapping[str, Any]) -> dict[str, NetworkSpec]:
+    """Networks of an NVIDIA stylegan2-ada-pytorch snapshot: the unpickled dict whose ``G_ema``,
+    ``G`` and ``D`` entries are :class:`~teacher.pickle_reader.PersistentRecord` objects.
+
+    Returns the entries present, in the order ``G_ema``, ``G``, ``D``; other entries
+    (``augment_pipe``, ``training_set_kwargs``...) are ignored.
+    """
+    specs: dict[str, NetworkSpec] = {}
+    for key in ("G_ema", "G", "D"):
+        rec = obj.get(key)
+        if rec is None:
+            continue
+        if not isinstance(rec, PersistentRecord):
+            raise CheckpointError(f"snapshot entry {key!r} is not a network")
+        specs[key] = _spec_from_record(key, rec)
+    if not specs:
+        raise CheckpointError("snapshot holds no G, G_ema or D network")
+    return specs
 
 
 # ---------------------------------------------------------------------------------------------

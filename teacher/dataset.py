@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+from common.cli import ToonError
+from common.images import IMAGE_EXTENSIONS
 
 
-class DatasetError(Exception):
+class DatasetError(ToonError):
     """The dataset is missing, unreadable or does not fit the network (one-line message)."""
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import ToonError
+
 SAME_PERSON_THRESHOLD = 0.6
 
 
-class IdentityError(Exception):
+class IdentityError(ToonError):
     """The face-descriptor models are missing (one-line message)."""
 
 

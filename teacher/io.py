@@ -4,7 +4,8 @@ Supported inputs (the format is detected from the file's bytes, not its name):
 
 - NVIDIA stylegan2-ada-pytorch snapshots (``network-snapshot-*.pkl``): a pickled dict with
   ``G``, ``D``, ``G_ema``, ``augment_pipe``; read with a restricted unpickler, the embedded
-  source code is never run. The architecture comes from the pickled constructor kwargs.
+  source code is never run. The architecture comes from the pickled constructor kwargs
+  (translated in :mod:`teacher.convert`, the home of every foreign-format translation).
 - TensorFlow-era NVIDIA pickles (``(G, D, Gs)`` of ``dnnlib.tflib.network.Network``): variables
   are numpy arrays and are renamed to ours (see :mod:`teacher.convert`).
 - rosinality stylegan2-pytorch checkpoints (``.pt`` with ``g_ema``), loaded with
@@ -17,12 +18,12 @@ Every failure is a :class:`CheckpointError` with a one-line message naming the f
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from common.cli import error_line
 from common.files import atomic_write, file_sha256
-from common.weights import state_mismatch
+from teacher.convert import networks_from_nvidia, networks_from_rosinality, networks_from_tf
 from teacher.networks import Discriminator, Generator
 from teacher.pickle_reader import (
     CorruptPickleError,
@@ -40,160 +42,16 @@ from teacher.pickle_reader import (
     UnsafePickleError,
     restricted_load,
 )
+from teacher.spec import (
+    KIND_DISCRIMINATOR,
+    KIND_GENERATOR,
+    KIND_SNAPSHOT,
+    CheckpointError,
+    NetworkSpec,
+)
 
 FORMAT_VERSION = 1
-KIND_GENERATOR = "teacher.generator"
-KIND_DISCRIMINATOR = "teacher.discriminator"
-KIND_SNAPSHOT = "teacher.snapshot"  # G, D and G_ema in one file, tensors prefixed "G." etc.
 _LEGACY_TORCH_PREFIX = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-
-
-class CheckpointError(Exception):
-    """A checkpoint could not be read or is not what was asked for (one-line message)."""
-
-
-@dataclass
-class NetworkSpec:
-    """A network as data: its kind, flat constructor arguments and state dict."""
-
-    kind: str
-    arch: dict[str, Any]
-    state: dict[str, torch.Tensor]
-    source: dict[str, Any] = field(default_factory=dict)
-
-    def build(self) -> torch.nn.Module:
-        """Construct the network and load the state strictly."""
-        cls = Generator if self.kind == KIND_GENERATOR else Discriminator
-        try:
-            net = cls(**self.arch)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"cannot build {self.kind} from arch {self.arch}: {e}") from None
-        problem = state_mismatch(net.state_dict(), self.state)
-        if problem:
-            raise CheckpointError(f"{self.kind} {problem}")
-        net.load_state_dict({k: v.to(torch.float32) for k, v in self.state.items()}, strict=True)
-        return net.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# NVIDIA constructor kwargs -> our flat arch
-
-_G_TOP = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"}
-_G_MAPPING = {
-    "num_layers": "mapping_layers",
-    "embed_features": "mapping_embed_features",
-    "layer_features": "mapping_layer_features",
-    "activation": "mapping_activation",
-    "lr_multiplier": "mapping_lr_multiplier",
-    "w_avg_beta": "w_avg_beta",
-}
-_G_SYNTHESIS = {
-    "channel_base",
-    "channel_max",
-    "num_fp16_res",
-    "architecture",
-    "resample_filter",
-    "conv_clamp",
-    "fp16_channels_last",
-    "use_noise",
-    "activation",
-}
-_D_TOP = {
-    "c_dim",
-    "img_resolution",
-    "img_channels",
-    "architecture",
-    "channel_base",
-    "channel_max",
-    "num_fp16_res",
-    "conv_clamp",
-    "cmap_dim",
-}
-_D_BLOCK = {"activation", "resample_filter", "fp16_channels_last", "freeze_layers"}
-_D_MAPPING = {
-    "num_layers": "mapping_layers",
-    "embed_features": "mapping_embed_features",
-    "layer_features": "mapping_layer_features",
-    "lr_multiplier": "mapping_lr_multiplier",
-}
-_D_EPILOGUE = {"mbstd_group_size", "mbstd_num_channels", "activation"}
-_G_POSITIONAL = ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"]
-_D_POSITIONAL = ["c_dim", "img_resolution", "img_channels"]
-
-
-def _merge_positional(args: tuple, kwargs: dict, names: list[str]) -> dict:
-    kwargs = dict(kwargs)
-    for name, value in zip(names, args, strict=False):
-        kwargs[name] = value
-    return kwargs
-
-
-def generator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) -> dict[str, Any]:
-    """Translate NVIDIA ``Generator`` constructor kwargs into our flat :class:`Generator` args.
-
-    Synthesis kwargs may be nested under ``synthesis_kwargs`` (stylegan2-ada-pytorch) or given
-    at the top level (the StyleGAN2 config of NVIDIA's stylegan3 repository).
-    """
-    kwargs = _merge_positional(args, kwargs, _G_POSITIONAL)
-    arch: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key in _G_TOP:
-            arch[key] = value
-        elif key == "mapping_kwargs":
-            for mk, mv in (value or {}).items():
-                if mk not in _G_MAPPING:
-                    raise CheckpointError(f"unsupported generator mapping argument {mk!r}")
-                arch[_G_MAPPING[mk]] = mv
-        elif key == "synthesis_kwargs":
-            for sk, sv in (value or {}).items():
-                if sk not in _G_SYNTHESIS:
-                    raise CheckpointError(f"unsupported generator synthesis argument {sk!r}")
-                arch[sk] = sv
-        elif key in _G_SYNTHESIS:
-            arch[key] = value
-        else:
-            raise CheckpointError(f"unsupported generator argument {key!r}")
-    missing = _G_TOP - set(arch) - {"img_channels"}
-    if missing:
-        raise CheckpointError(f"generator arguments lack {sorted(missing)}")
-    if "resample_filter" in arch:
-        arch["resample_filter"] = [float(v) for v in arch["resample_filter"]]
-    return arch
-
-
-def discriminator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) -> dict[str, Any]:
-    """Translate NVIDIA ``Discriminator`` constructor kwargs into our flat arguments."""
-    kwargs = _merge_positional(args, kwargs, _D_POSITIONAL)
-    arch: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key in _D_TOP:
-            arch[key] = value
-        elif key == "block_kwargs":
-            for bk, bv in (value or {}).items():
-                if bk not in _D_BLOCK:
-                    raise CheckpointError(f"unsupported discriminator block argument {bk!r}")
-                arch[bk] = bv
-        elif key == "mapping_kwargs":
-            for mk, mv in (value or {}).items():
-                if mk == "activation" and mv == "lrelu":
-                    continue
-                if mk not in _D_MAPPING:
-                    raise CheckpointError(f"unsupported discriminator mapping argument {mk!r}")
-                arch[_D_MAPPING[mk]] = mv
-        elif key == "epilogue_kwargs":
-            for ek, ev in (value or {}).items():
-                if ek not in _D_EPILOGUE:
-                    raise CheckpointError(f"unsupported discriminator epilogue argument {ek!r}")
-                if ek == "activation" and arch.get("activation", ev) != ev:
-                    raise CheckpointError(
-                        "different block and epilogue activations are unsupported"
-                    )
-                arch[ek] = ev
-        else:
-            raise CheckpointError(f"unsupported discriminator argument {key!r}")
-    if "resample_filter" in arch:
-        arch["resample_filter"] = [float(v) for v in arch["resample_filter"]]
-    return arch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,52 +117,19 @@ def _read_pickle(path: Path) -> dict[str, NetworkSpec]:
         raise CheckpointError(f"corrupt or truncated pickle: {e}") from None
 
     if isinstance(obj, dict) and any(isinstance(v, PersistentRecord) for v in obj.values()):
-        specs: dict[str, NetworkSpec] = {}
-        for key in ("G_ema", "G", "D"):
-            rec = obj.get(key)
-            if rec is None:
-                continue
-            if not isinstance(rec, PersistentRecord):
-                raise CheckpointError(f"snapshot entry {key!r} is not a network")
-            specs[key] = _spec_from_record(key, rec)
-        if not specs:
-            raise CheckpointError("snapshot holds no G, G_ema or D network")
-        return specs
+        return networks_from_nvidia(obj)
     if isinstance(obj, tuple) and obj and all(isinstance(v, TFNetworkRecord) for v in obj):
-        from teacher.convert import networks_from_tf
-
         return networks_from_tf(obj)
     raise CheckpointError("pickle is not a StyleGAN2 snapshot (no G/D/G_ema networks)")
 
 
-def _spec_from_record(key: str, rec: PersistentRecord) -> NetworkSpec:
-    if rec.class_name == "Generator":
-        arch = generator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
-        kind = KIND_GENERATOR
-    elif rec.class_name == "Discriminator":
-        arch = discriminator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
-        kind = KIND_DISCRIMINATOR
-    else:
-        raise CheckpointError(
-            f"snapshot entry {key!r} is a {rec.class_name!r}, not a StyleGAN2 network"
-        )
-    state = dict(rec.state_dict())
-    if any(name.startswith("synthesis.input.") for name in state):
-        raise CheckpointError("StyleGAN3 (alias-free) generators are not supported")
-    return NetworkSpec(kind=kind, arch=arch, state=state)
-
-
 def _read_torch_checkpoint(path: Path) -> dict[str, NetworkSpec]:
-    import argparse
-
     try:
+        # rosinality's train.py saves its argparse.Namespace of options in the checkpoint
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read torch checkpoint safely: {first}") from None
-    from teacher.convert import networks_from_rosinality
-
+        raise CheckpointError(f"cannot read torch checkpoint safely: {error_line(e)}") from None
     return networks_from_rosinality(ckpt)
 
 

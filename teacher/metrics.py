@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.cli import ToonError
+
 log = logging.getLogger(__name__)
 
 NVIDIA_METRICS_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
@@ -52,7 +54,7 @@ LPIPS_MAX_SIZE = 256  # vgg16_lpips: larger images are area-resized to this size
 ArrayLike = np.ndarray | torch.Tensor
 
 
-class MetricsError(Exception):
+class MetricsError(ToonError):
     """A metric could not be computed as asked (one-line message naming what to fix)."""
 
 

@@ -98,7 +98,6 @@ class Conv2dLayer(nn.Module):
         down: int = 1,
         resample_filter: Sequence[float] = DEFAULT_FILTER,
         conv_clamp: float | None = None,
-        channels_last: bool = False,
         trainable: bool = True,
     ) -> None:
         super().__init__()
@@ -106,7 +105,6 @@ class Conv2dLayer(nn.Module):
         self.up = up
         self.down = down
         self.conv_clamp = conv_clamp
-        self.channels_last = channels_last
         self.register_buffer("resample_filter", ops.make_filter(resample_filter))
         self.padding = kernel_size // 2
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
@@ -259,7 +257,6 @@ class SynthesisLayer(nn.Module):
         activation: str = "lrelu",
         resample_filter: Sequence[float] = DEFAULT_FILTER,
         conv_clamp: float | None = None,
-        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.resolution = resolution
@@ -267,7 +264,6 @@ class SynthesisLayer(nn.Module):
         self.use_noise = use_noise
         self.activation = activation
         self.conv_clamp = conv_clamp
-        self.channels_last = channels_last
         self.register_buffer("resample_filter", ops.make_filter(resample_filter))
         self.padding = kernel_size // 2
         self.act_gain = ops.ACTIVATION_GAIN[activation]
@@ -326,11 +322,9 @@ class ToRGBLayer(nn.Module):
         w_dim: int,
         kernel_size: int = 1,
         conv_clamp: float | None = None,
-        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.conv_clamp = conv_clamp
-        self.channels_last = channels_last
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(
             torch.randn([out_channels, in_channels, kernel_size, kernel_size])
@@ -391,7 +385,6 @@ class SynthesisBlock(nn.Module):
                 resolution,
                 up=2,
                 resample_filter=resample_filter,
-                channels_last=self.channels_last,
                 **layer_kw,
             )
             self.num_conv += 1
@@ -400,7 +393,6 @@ class SynthesisBlock(nn.Module):
             out_channels,
             w_dim,
             resolution,
-            channels_last=self.channels_last,
             **layer_kw,
         )
         self.num_conv += 1
@@ -410,7 +402,6 @@ class SynthesisBlock(nn.Module):
                 img_channels,
                 w_dim,
                 conv_clamp=conv_clamp,
-                channels_last=self.channels_last,
             )
             self.num_torgb += 1
         if in_channels != 0 and architecture == "resnet":
@@ -421,7 +412,6 @@ class SynthesisBlock(nn.Module):
                 bias=False,
                 up=2,
                 resample_filter=resample_filter,
-                channels_last=self.channels_last,
             )
 
     def forward(
@@ -565,26 +555,6 @@ class SynthesisNetwork(nn.Module):
                 fused_modconv=fused_modconv,
             )
         return img
-
-
-GENERATOR_DEFAULTS: dict[str, object] = dict(
-    img_channels=3,
-    mapping_layers=8,
-    mapping_embed_features=None,
-    mapping_layer_features=None,
-    mapping_activation="lrelu",
-    mapping_lr_multiplier=0.01,
-    w_avg_beta=0.995,
-    architecture="skip",
-    channel_base=32768,
-    channel_max=512,
-    num_fp16_res=0,
-    conv_clamp=None,
-    resample_filter=list(DEFAULT_FILTER),
-    use_noise=True,
-    activation="lrelu",
-    fp16_channels_last=False,
-)
 
 
 class Generator(nn.Module):
@@ -746,7 +716,6 @@ class DiscriminatorBlock(nn.Module):
             self.num_layers += 1
             return idx >= freeze_layers
 
-        common = dict(conv_clamp=conv_clamp, channels_last=self.channels_last)
         if in_channels == 0 or architecture == "skip":
             self.fromrgb = Conv2dLayer(
                 img_channels,
@@ -754,7 +723,7 @@ class DiscriminatorBlock(nn.Module):
                 kernel_size=1,
                 activation=activation,
                 trainable=trainable(),
-                **common,
+                conv_clamp=conv_clamp,
             )
         self.conv0 = Conv2dLayer(
             tmp_channels,
@@ -762,7 +731,7 @@ class DiscriminatorBlock(nn.Module):
             kernel_size=3,
             activation=activation,
             trainable=trainable(),
-            **common,
+            conv_clamp=conv_clamp,
         )
         self.conv1 = Conv2dLayer(
             tmp_channels,
@@ -772,7 +741,7 @@ class DiscriminatorBlock(nn.Module):
             down=2,
             trainable=trainable(),
             resample_filter=resample_filter,
-            **common,
+            conv_clamp=conv_clamp,
         )
         if architecture == "resnet":
             self.skip = Conv2dLayer(
@@ -783,7 +752,6 @@ class DiscriminatorBlock(nn.Module):
                 down=2,
                 trainable=trainable(),
                 resample_filter=resample_filter,
-                channels_last=self.channels_last,
             )
 
     def forward(

@@ -2,7 +2,7 @@
 
 Every function here is stateless: modules in ``teacher.networks`` own the parameters and call
 these. The numerics follow the StyleGAN2 / StyleGAN2-ADA papers (Karras et al. 2020) and match
-NVIDIA's published snapshots to float32 rounding (see ``tests/test_teacher_parity.py``).
+NVIDIA's published snapshots to float32 rounding (see ``tests/teacher/test_parity.py``).
 
 Conventions:
 - Images and feature maps are NCHW.

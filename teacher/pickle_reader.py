@@ -19,19 +19,20 @@ import io
 import pickle
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+from common.cli import ToonError
 
-class UnsafePickleError(pickle.UnpicklingError):
+
+class UnsafePickleError(pickle.UnpicklingError, ToonError):
     """The pickle references a global outside the whitelist."""
 
 
-class CorruptPickleError(pickle.UnpicklingError):
+class CorruptPickleError(pickle.UnpicklingError, ToonError):
     """The pickle is truncated or malformed."""
 
 
@@ -415,11 +416,3 @@ def restricted_load(file: BinaryIO) -> Any:
         raise CorruptPickleError(
             f"truncated or malformed pickle ({type(e).__name__}: {e})"
         ) from None
-
-
-def iter_records(obj: Any) -> Iterator[PersistentRecord]:
-    """Yield the top-level persistent records of an NVIDIA snapshot dict."""
-    if isinstance(obj, dict):
-        for v in obj.values():
-            if isinstance(v, PersistentRecord):
-                yield v

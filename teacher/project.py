@@ -36,10 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.cli import ToonError, error_line
+from common.files import atomic_write
 from teacher.networks import Discriminator, Generator
 
 
-class ProjectError(Exception):
+class ProjectError(ToonError):
     """Projection cannot run (one-line message)."""
 
 
@@ -77,9 +79,7 @@ class VGGDistance:
         try:
             self.net = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError) as e:
-            raise ProjectError(
-                f"{path}: not a TorchScript VGG16 ({str(e).splitlines()[0]})"
-            ) from None
+            raise ProjectError(f"{path}: not a TorchScript VGG16 ({error_line(e)})") from None
 
     def features(self, img: torch.Tensor) -> torch.Tensor:
         x = (img + 1) * 127.5
@@ -270,8 +270,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def save_projected_w(path: str | Path, ws: torch.Tensor, names: list[str] | None = None) -> Path:
     """Write ``projected_w.npz``: key ``w`` [N, num_ws, w_dim] float32 (what NVIDIA's
     ``generate.py --projected-w`` reads) and, when given, ``names`` [N] (the source of each row)."""
-    from common.files import atomic_write
-
     path = Path(path)
     arrays = {"w": ws.detach().cpu().numpy().astype(np.float32)}
     if names is not None:

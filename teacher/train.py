@@ -34,9 +34,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from common.files import atomic_write
 from common.images import make_grid, save_png
-from common.runs import DistInfo, TrainError, kimg_bar, snapshot_tag
+from common.runs import (
+    RESUME_FILE,
+    DistInfo,
+    TrainError,
+    all_reduce_,
+    kimg_bar,
+    load_resume_state,
+    prepare_run_dir,
+    save_resume_state,
+    snapshot_tag,
+)
+from teacher.augment import make_augment_pipe
 from teacher.config import TrainConfig
 from teacher.dataset import ImageDataset, index_stream
 from teacher.io import read_networks, save_snapshot
@@ -123,33 +133,9 @@ def _make_optimizer(params, lr: float, betas, eps: float, reg_interval: int) -> 
 def _make_augment(cfg: TrainConfig, device: torch.device):
     if not cfg.augpipe or cfg.augpipe == "none":
         return None
-    from teacher.augment import make_augment_pipe
-
     pipe = make_augment_pipe(cfg.augpipe).to(device)
     pipe.p.copy_(torch.as_tensor(cfg.p))
     return pipe
-
-
-def prepare_run_dir(cfg: TrainConfig) -> bool:
-    """Create the run dir and write ``config.json``; return True when resuming.
-
-    An existing run dir must hold the same config (``kimg`` may grow): a different one is
-    refused rather than mixed.
-    """
-    out = Path(cfg.outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        new = json.loads(cfg.to_json())
-        diff = sorted(k for k in set(old) | set(new) if k != "kimg" and old.get(k) != new.get(k))
-        if diff:
-            raise TrainError(
-                f"{out} holds a run with a different config ({', '.join(diff)}); "
-                "use a new --outdir or the same settings to resume"
-            )
-    atomic_write(cfg_path, lambda tmp: tmp.write_text(cfg.to_json()))
-    return (out / "resume-state.pt").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,26 +188,21 @@ def _rank_slice(n: int, world: int, rank: int) -> slice:
 
 
 def _sum_grads(module: torch.nn.Module, world: int) -> None:
+    """Sum the gradients of ``module``'s trainable parameters over the processes (a missing
+    gradient counts as zeros), then replace NaN/inf entries as NVIDIA's loop does."""
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    if world > 1 and params:
-        flat = torch.cat([p.grad.flatten() for p in params])
-        dist.all_reduce(flat)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p))
-            offset += n
+    all_reduce_([p.grad for p in params], world)
     for p in params:
         torch.nan_to_num_(p.grad, nan=0, posinf=1e5, neginf=-1e5)
 
 
 def _all_sum(values: list[float], world: int) -> list[float]:
+    """Sum a few scalars over the processes (in float64)."""
     t = torch.tensor(values, dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(t)
+    all_reduce_([t], world)
     return t.tolist()
 
 
@@ -246,7 +227,7 @@ def training_loop(
         raise TrainError(f"--batch-gpu {batch_gpu} must divide the per-process batch {local_batch}")
     force_fp32 = device.type != "cuda"
     out = Path(cfg.outdir)
-    resuming = prepare_run_dir(cfg) if di.main else False
+    resuming = prepare_run_dir(cfg.outdir, cfg.to_json(), free={"kimg"}) if di.main else False
     if di.world > 1:
         flag = torch.tensor([int(resuming)])
         dist.broadcast(flag, 0)
@@ -279,7 +260,7 @@ def training_loop(
 
     state = dict(cur_nimg=0, tick=0, step=0, ada_sign_sum=0.0, ada_sign_n=0.0, r_t=0.0)
     if resuming:
-        state = _load_resume(out / "resume-state.pt", G, D, G_ema, opt_G, opt_D, aug, loss, rng)
+        state = _load_resume(out / RESUME_FILE, G, D, G_ema, opt_G, opt_D, aug, loss, rng)
     # NVIDIA uses a faster ADA adjustment (100 kimg instead of 500) when starting from a base.
     ada_kimg = cfg.ada_kimg if cfg.ada_kimg is not None else (100.0 if cfg.base else 500.0)
 
@@ -473,7 +454,7 @@ def training_loop(
                 f.write(json.dumps(stats) + "\n")
             for k, v in stats.items():
                 writer.add_scalar(k, v, global_step=int(state["cur_nimg"] / 1000 * 1000))
-            _save_resume(out / "resume-state.pt", state, G, D, G_ema, opt_G, opt_D, aug, loss, rng)
+            _save_resume(out / RESUME_FILE, state, G, D, G_ema, opt_G, opt_D, aug, loss, rng)
             if snapshot:
                 kimg_tag = snapshot_tag(state["cur_nimg"])
                 save_snapshot(
@@ -540,39 +521,25 @@ def _run_metrics(cfg, G_ema, data, device, out: Path, state: dict, writer) -> No
 
 
 def _save_resume(path: Path, state, G, D, G_ema, opt_G, opt_D, aug, loss, rng) -> None:
-    blob = {
-        "counters": {k: float(v) if isinstance(v, float) else int(v) for k, v in state.items()},
-        "G": G.state_dict(),
-        "D": D.state_dict(),
-        "G_ema": G_ema.state_dict(),
-        "opt_G": opt_G.state_dict(),
-        "opt_D": opt_D.state_dict(),
-        "augment_p": aug.p.detach().cpu().clone() if aug is not None else torch.zeros([]),
-        "pl_mean": loss.pl_mean.detach().cpu().clone(),
-        "rng": rng.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    atomic_write(path, lambda tmp: torch.save(blob, tmp))
+    """Write the resume file: counters, networks, optimizers, ADA p, the path-length mean and
+    the step-input generator (plus the torch RNG states, by :func:`save_resume_state`)."""
+    save_resume_state(
+        path,
+        state,
+        {"G": G, "D": D, "G_ema": G_ema, "opt_G": opt_G, "opt_D": opt_D},
+        extra={
+            "augment_p": aug.p.detach().cpu().clone() if aug is not None else torch.zeros([]),
+            "pl_mean": loss.pl_mean.detach().cpu().clone(),
+            "rng": rng.get_state(),
+        },
+    )
 
 
 def _load_resume(path: Path, G, D, G_ema, opt_G, opt_D, aug, loss, rng) -> dict:
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        G.load_state_dict(blob["G"])
-        D.load_state_dict(blob["D"])
-        G_ema.load_state_dict(blob["G_ema"])
-        opt_G.load_state_dict(blob["opt_G"])
-        opt_D.load_state_dict(blob["opt_D"])
-    except (RuntimeError, KeyError, EOFError, ValueError) as e:
-        raise TrainError(
-            f"{path}: cannot resume ({str(e).splitlines()[0]}); delete it to restart the run"
-        ) from None
+    """Restore what :func:`_save_resume` wrote; returns the counters."""
+    blob = load_resume_state(path, {"G": G, "D": D, "G_ema": G_ema, "opt_G": opt_G, "opt_D": opt_D})
     if aug is not None:
         aug.p.copy_(blob["augment_p"])
     loss.pl_mean = blob["pl_mean"].to(loss.pl_mean.device)
     rng.set_state(blob["rng"])
-    torch.set_rng_state(blob["torch_rng"])
-    if blob["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
     return dict(blob["counters"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,23 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared fixture {path} not found (set TOON_SHARED to the shared folder)")
     return path
+
+
+def run_fresh_python(code: str, timeout: float = 60) -> str:
+    """Run ``code`` in a new interpreter with the repository on the path (a clean
+    ``sys.modules``); assert it succeeds and return its stdout, stripped."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
 
 
 def tiny_generator(**overrides) -> torch.nn.Module:

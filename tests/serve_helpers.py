@@ -1,7 +1,7 @@
 """Helpers for the toon-serve tests: a small exported model, a real server process, raw sockets.
 
-The model is a random ``tiny`` student exported at 64 px (as in ``tests/test_export.py``), built
-once per pytest session and shared by the serve test modules. Servers are real: ``toon-serve``
+The model is a random ``tiny`` student exported at 64 px (as in ``tests/export/test_export.py``),
+built once per pytest session and shared by the serve test modules. Servers are real: ``toon-serve``
 (``python -m export.serve_cli``) on port 0, the port read from its JSON log.
 """
 
@@ -45,9 +45,7 @@ def serve_model(tmp_path_factory) -> Path:
             G(torch.randn(4, 3, SIZE, SIZE))
     student = path.parent / "student.safetensors"
     save_student(G.eval(), arch, student, training={"resolution": SIZE})
-    tmp = path.with_name("toon.tmp.onnx")
-    export_onnx(student, tmp)
-    tmp.replace(path)
+    export_onnx(student, path)  # written atomically: a half-made model is never found
     return path
 
 

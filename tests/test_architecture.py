@@ -7,12 +7,12 @@ read from every import statement in the source (module level and inside function
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_fresh_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,6 +47,11 @@ TORCH_FREE = [
     "export.infer_cli",
     "export.serve_cli",
     "export.serve",
+    "export.serve_api",
+    "export.serve_codecs",
+    "export.serve_config",
+    "export.serve_middleware",
+    "export.serve_service",
 ]
 
 
@@ -113,10 +118,4 @@ def test_runtime_side_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, loaded\n"
         "print('ok')\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    assert run_fresh_python(code) == "ok"

@@ -10,9 +10,6 @@ Tolerances were set from measurements on the seeds used here (see each test) wit
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,7 @@ from demo.synthetic import (
     sample_params,
     write_dataset,
 )
+from tests.conftest import run_fresh_python
 
 REPO = Path(__file__).resolve().parents[2]
 S = 128  # small renders keep the suite fast; geometry is resolution independent
@@ -235,7 +233,7 @@ def test_write_dataset_is_byte_identical(tmp_path):
 # -- torch-free ---------------------------------------------------------------------------------
 
 
-def test_import_pairs_synthetic_leaves_torch_out():
+def test_import_demo_synthetic_leaves_torch_out():
     code = (
         "import sys\n"
         "import numpy as np\n"
@@ -246,10 +244,4 @@ def test_import_pairs_synthetic_leaves_torch_out():
         "assert 'dlib' not in sys.modules\n"
         "print('ok')\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    assert run_fresh_python(code) == "ok"

@@ -493,7 +493,8 @@ def test_service_never_imports_torch(plain, model):
         assert "libtorch" not in maps.read_text()  # the running server
     code = (
         "import asyncio, sys\n"
-        "from export.serve import ServeConfig, create_app\n"
+        "from export.serve import create_app\n"
+        "from export.serve_config import ServeConfig\n"
         "import export.serve_cli\n"
         f"app = create_app(ServeConfig(model={str(model)!r}))\n"
         "service = app.state.service\n"

@@ -1,4 +1,5 @@
-"""toon-serve's parts without a server: the micro-batcher, the metrics, options and decoding."""
+"""toon-serve's parts without a server: the micro-batcher, the metrics, options, keys and
+decoding."""
 
 from __future__ import annotations
 
@@ -12,15 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.serve import (
-    ApiError,
-    ServeConfig,
-    ToonifyOptions,
-    decode_image,
-    encode_image,
-    load_api_keys,
-)
+from export.serve_api import ApiError, ToonifyOptions
 from export.serve_batch import MicroBatcher
+from export.serve_codecs import decode_image, encode_image
+from export.serve_config import ApiKeys, ServeConfig, load_api_keys
 from export.serve_metrics import Metrics
 from tests.conftest import shared_file
 
@@ -152,6 +148,10 @@ def test_api_keys_from_env_and_file(tmp_path):
     got = load_api_keys(keys, {"TOON_API_KEYS": "k-env-1, k-env-2,\nk-env-3"})
     assert got == ["k-env-1", "k-env-2", "k-env-3", "k-file-1", "k-file-2"]
     assert load_api_keys(None, {}) == []
+    checker = ApiKeys(got)
+    assert checker.required and len(checker) == 5
+    assert checker.ok("k-file-2") and not checker.ok("k-file") and not checker.ok("")
+    assert not ApiKeys([]).required
 
 
 def _png(img: Image.Image, fmt: str = "PNG") -> bytes:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -32,7 +29,7 @@ from faces.align import (
 )
 from faces.detect import FaceDetector, model_file
 from faces.warp import ffhq_quad, ffhq_warp, quad_matrix, recipe_points, transform_points
-from tests.conftest import shared_file
+from tests.conftest import run_fresh_python, shared_file
 
 REPO = Path(__file__).resolve().parents[2]
 S = 256
@@ -459,7 +456,7 @@ def test_paste_back_accepts_other_output_sizes(astronaut):
 # -- torch-free ---------------------------------------------------------------------------------
 
 
-def test_import_pairs_align_leaves_torch_out():
+def test_import_faces_align_leaves_torch_out():
     code = (
         "import sys\n"
         "import faces.align, pairs.cli, pairs.prepare\n"
@@ -470,13 +467,7 @@ def test_import_pairs_align_leaves_torch_out():
         "assert not bad, bad\n"
         "print('ok')\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    assert run_fresh_python(code) == "ok"
 
 
 def test_quad_matrix_inverse_round_trip():

@@ -24,17 +24,22 @@ import pytest
 import torch
 from PIL import Image
 
-from pairs import shards
+from common.files import file_sha256
+from pairs import photos, shards
 from pairs.cli import main as cli
-from pairs.generate import GenerateConfig, generate, prepare_job, render_pairs, select_shards
-from pairs.shards import PairsError, iter_pairs, read_manifest, verify
+from pairs.generate import generate
+from pairs.job import GenerateConfig, prepare_job
+from pairs.render import render_pairs
+from pairs.selection import select_shards
+from pairs.shards import PairsError, iter_pairs, read_manifest
+from pairs.verify import verify
 from tests.conftest import REPO, shared_file
 
 COUNT, SHARD, BATCH = 23, 6, 4
 REF = dict(
     count=COUNT,
     seed=5,
-    trunc=0.7,
+    truncation_psi=0.7,
     noise="random",
     shard_size=SHARD,
     batch=BATCH,
@@ -131,9 +136,9 @@ def test_reference_layout_and_manifest(reference: Path, teachers: tuple[str, str
         ("shard-000003.tar", 18, 5),
     ]
     for s in man["shards"]:
-        assert shards.file_sha256(reference / s["name"]) == s["sha256"]
+        assert file_sha256(reference / s["name"]) == s["sha256"]
     assert man["teachers"]["base"]["file"] == "tiny32.pkl"
-    assert man["teachers"]["toon"]["sha256"] == shards.file_sha256(teachers[1])
+    assert man["teachers"]["toon"]["sha256"] == file_sha256(teachers[1])
     assert man["config"]["truncation_psi"] == 0.7 and man["config"]["batch"] == BATCH
     assert man["config_sha256"] == shards.config_sha256(man["config"])
     # deterministic tar members: fixed metadata, key order, sorted extensions
@@ -289,7 +294,7 @@ def test_killed_run_resumes_to_the_same_dataset(reference, teachers, tmp_path) -
     assert len(temps) == 1
     for tar in out.glob("shard-*.tar"):  # whatever has a final name is complete
         rec = json.loads(tar.with_suffix(".json").read_text())
-        assert shards.file_sha256(tar) == rec["sha256"]
+        assert file_sha256(tar) == rec["sha256"]
     assert read_manifest(out)["shards"] == []  # killed before its rebuild
     rep = verify(out)  # verify brings the manifest up to date from the sidecars
     assert rep.manifest_updated and not rep.ok and rep.stray_temps == temps
@@ -305,7 +310,7 @@ def test_interrupt_keeps_finished_shards_and_no_partial_file(
 ) -> None:
     out = tmp_path / "interrupted"
     calls = [0]
-    real = shards.encode_pair
+    real = photos.encode_pair
 
     def flaky(*a):
         calls[0] += 1
@@ -313,10 +318,10 @@ def test_interrupt_keeps_finished_shards_and_no_partial_file(
             raise KeyboardInterrupt
         return real(*a)
 
-    monkeypatch.setattr(shards, "encode_pair", flaky)
+    monkeypatch.setattr(photos, "encode_pair", flaky)
     with pytest.raises(KeyboardInterrupt):
         run(teachers, out)
-    monkeypatch.setattr(shards, "encode_pair", real)
+    monkeypatch.setattr(photos, "encode_pair", real)
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json",
         "shard-000000.json",
@@ -362,7 +367,7 @@ def test_changed_settings_or_layout_are_refused(reference, teachers, tmp_path, c
     shutil.copytree(reference, out)
     before = dataset_files(out)
     with pytest.raises(PairsError, match=r"truncation_psi 0\.7 -> 0\.5"):
-        run(teachers, out, trunc=0.5)
+        run(teachers, out, truncation_psi=0.5)
     with pytest.raises(PairsError, match=r"num_shards 4 -> 3"):
         run(teachers, out, shard_size=None, num_shards=3)
     with pytest.raises(PairsError, match=r"count 23 -> 24"):
@@ -484,7 +489,9 @@ def test_projected_latent_pairs(teachers: tuple[str, str], tmp_path: Path) -> No
         )
     with pytest.raises(PairsError, match="apply to z pairs"):
         prepare_job(
-            GenerateConfig(out="o", toon=teachers[1], latents=str(npz), photos="p", trunc=1)
+            GenerateConfig(
+                out="o", toon=teachers[1], latents=str(npz), photos="p", truncation_psi=1
+            )
         )
 
 

@@ -99,7 +99,7 @@ def test_zip_layout_report_and_nvidia_loader_view(folder, tmp_path, capsys):
     # Transparent pixels are composited onto the background (white by default).
     rgba_crop = np.asarray(Image.open(zipfile.ZipFile(out).open(names[2])))
     assert rgba_crop[:3].min() == 255
-    assert not list(tmp_path.glob("**/.*tmp-*"))  # nothing half-written left behind
+    assert not list(tmp_path.glob("**/.*.tmp"))  # nothing half-written left behind
 
 
 def test_resume_skips_finished_files_and_redoes_changed_ones(folder, tmp_path, astronaut):
@@ -137,7 +137,7 @@ def test_interrupted_run_resumes_without_redoing(folder, tmp_path, monkeypatch, 
     assert run(folder, out) == 130
     assert "run the same command again" in capsys.readouterr().err
     assert not out.exists()  # the zip only ever appears whole
-    assert not list(tmp_path.glob("**/.*tmp-*"))
+    assert not list(tmp_path.glob("**/.*.tmp"))
     monkeypatch.setattr(pairs.prepare, "process_file", real)
     assert run(folder, out) == 0
     rep = json.loads((tmp_path / "game.report.json").read_text())

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from student.cli import main
-from student.data import iter_pairs, open_pairs
+from student.data import open_pairs, split_pairs
 from student.io import load_student
 from student.ops import float_to_uint8, uint8_to_float
 from tests.conftest import shared_file
@@ -139,7 +139,7 @@ def test_eval_writes_a_json_report_and_grid(
     assert report["l1_ratio"] == pytest.approx(report["metrics"]["l1"] / report["identity"]["l1"])
     img = np.asarray(Image.open(grid))
     assert img.shape == (3 * 32, 3 * 32, 3)  # rows: pairs; columns: src | student | teacher
-    held = list(iter_pairs(open_pairs(pairs_dir), "heldout", 20.0, limit=1))
+    held = list(split_pairs(open_pairs(pairs_dir), "heldout", 20.0, limit=1))
     assert np.array_equal(img[:32, :32], held[0][1].transpose(1, 2, 0))
     assert np.array_equal(img[:32, 64:], held[0][2].transpose(1, 2, 0))
 
@@ -152,7 +152,7 @@ def test_eval_writes_a_json_report_and_grid(
 def test_apply_runs_the_torch_model_on_crops(student_file: Path, pairs_dir: Path, tmp_path):
     crops = tmp_path / "crops"
     (crops / "sub").mkdir(parents=True)
-    held = list(iter_pairs(open_pairs(pairs_dir), "heldout", 20.0, limit=3))
+    held = list(split_pairs(open_pairs(pairs_dir), "heldout", 20.0, limit=3))
     for i, (_, src, _) in enumerate(held):
         Image.fromarray(src.transpose(1, 2, 0)).save(crops / ("sub" if i else ".") / f"c{i}.png")
     big = Image.fromarray(held[0][1].transpose(1, 2, 0)).resize((64, 64), Image.NEAREST)

@@ -1,4 +1,5 @@
-"""Pairs reading: manifest checks, the held-out split, and the deterministic training stream."""
+"""The student's pairs reading: manifest checks, the held-out split, and the deterministic
+training stream."""
 
 from __future__ import annotations
 
@@ -11,16 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from pairs.shards import PairsError, holdout_bucket, is_held_out, pair_key
 from student.config import make_config
 from student.data import (
-    PairsError,
     PairStream,
-    holdout_bucket,
-    is_held_out,
-    iter_pairs,
     open_pairs,
-    pair_key,
     split_counts,
+    split_pairs,
     train_loader,
     worker_skip,
 )
@@ -107,8 +105,8 @@ def test_holdout_split_is_a_fixed_function_of_the_key() -> None:
 
 def test_iter_pairs_reads_the_splits_in_key_order(pairs_dir: Path) -> None:
     info = open_pairs(pairs_dir)
-    held = list(iter_pairs(info, "heldout", 20.0))
-    train = list(iter_pairs(info, "train", 20.0))
+    held = list(split_pairs(info, "heldout", 20.0))
+    train = list(split_pairs(info, "train", 20.0))
     counts = split_counts(info, 20.0)
     assert len(held) == counts["heldout"] > 0 and len(train) == counts["train"]
     assert sorted(k for k, _, _ in held + train) == [pair_key(k) for k in range(96)]
@@ -116,7 +114,7 @@ def test_iter_pairs_reads_the_splits_in_key_order(pairs_dir: Path) -> None:
     key, src, dst = held[0]
     assert src.shape == dst.shape == (3, 32, 32) and src.dtype == np.uint8
     assert not np.array_equal(src, dst)
-    assert len(list(iter_pairs(info, "all", limit=5))) == 5
+    assert len(list(split_pairs(info, "all", limit=5))) == 5
 
 
 def _keys(stream, n: int) -> list[str]:
@@ -134,7 +132,7 @@ def test_training_stream_is_deterministic_and_never_held_out(pairs_dir: Path) ->
     # Without a shuffle buffer, one epoch visits every training pair exactly once.
     n_train = split_counts(info, 20.0)["train"]
     epoch = _keys(iter(PairStream(info, _cfg(pairs_dir, shuffle_buffer=1))), n_train)
-    assert sorted(epoch) == sorted(k for k, _, _ in iter_pairs(info, "train", 20.0))
+    assert sorted(epoch) == sorted(k for k, _, _ in split_pairs(info, "train", 20.0))
     # The seed changes the order.
     other = _keys(iter(PairStream(info, _cfg(pairs_dir, seed=1))), 50)
     assert other != [s["key"] for s in a[:50]]

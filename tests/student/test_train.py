@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from common.runs import DistInfo, TrainError
 from student.config import PRESETS, make_config
 from student.evaluate import evaluate_student
-from student.train import TrainError, lr_factor, training_loop
+from student.train import lr_factor, training_loop
 from tests.conftest import REPO, shared_file
 from tests.pairs_fixture import write_pairs
 
@@ -127,6 +128,12 @@ def test_killed_run_resumes_with_identical_results(pairs_dir: Path, tmp_path: Pa
         assert torch.equal(sa[k], sb[k]), k
     ra = torch.load(Path(full.outdir) / "resume-state.pt", weights_only=True)
     rb = torch.load(Path(cut.outdir) / "resume-state.pt", weights_only=True)
+    # The resume file's layout (read by earlier runs' resumes too) is fixed.
+    assert set(ra) == {
+        "counters", "G", "D", "G_ema", "opt_G", "opt_D", "scaler_G", "scaler_D",
+        "world", "workers", "torch_rng", "cuda_rng",
+    }  # fmt: skip
+    assert ra["counters"] == {"cur_nimg": 96, "step": 12, "tick": 3} == rb["counters"]
     for net in ("G", "D"):
         for k in ra[net]:
             assert torch.equal(ra[net][k], rb[net][k]), (net, k)
@@ -140,9 +147,21 @@ def test_changed_config_is_refused_and_longer_runs_resume(pairs_dir: Path, tmp_p
     r = training_loop(cfg.replace(kimg=0.064), progress=False)
     assert r["step"] == 8
     with pytest.raises(TrainError, match="not divisible by"):
-        from common.runs import DistInfo
-
         training_loop(cfg.replace(batch=7), DistInfo(rank=0, world=2), progress=False)
+
+
+def test_resume_warns_about_another_worker_count_and_names_a_broken_file(
+    pairs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _resume_cfg(pairs_dir, tmp_path / "run", kimg=0.032, eval_pairs=0, grid_pairs=0)
+    training_loop(cfg, progress=False)
+    capsys.readouterr()
+    r = training_loop(cfg.replace(workers=1), progress=False)  # resumes a finished run
+    assert r["step"] == 4
+    assert "resuming a run of 1 processes x 0 workers with 1 x 1" in capsys.readouterr().err
+    (tmp_path / "run" / "resume-state.pt").write_bytes(b"not a resume file")
+    with pytest.raises(TrainError, match=r"resume-state.pt: cannot resume .*delete it"):
+        training_loop(cfg, progress=False)
 
 
 def test_lr_schedule_is_constant_then_linear_to_zero() -> None:
@@ -238,8 +257,6 @@ def test_torchrun_two_cpu_processes(pairs_dir: Path, tmp_path: Path) -> None:
 def test_cuda_mixed_precision_runs(pairs_dir: Path, tmp_path: Path, amp: str) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from common.runs import DistInfo
-
     cfg = _resume_cfg(pairs_dir, tmp_path / amp, amp=amp, arch="mobile", kimg=0.064)
     training_loop(cfg, DistInfo(device=torch.device("cuda", 0)), progress=False)
     lines = _lines(tmp_path / amp / "stats.jsonl")

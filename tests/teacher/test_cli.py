@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from teacher import load_generator
+from common.cli import ToonError
+from teacher import CheckpointError, load_generator
 from teacher.cli import main
+from teacher.dataset import DatasetError
+from teacher.identity import IdentityError
+from teacher.metrics import MetricsError
+from teacher.pickle_reader import CorruptPickleError, UnsafePickleError
+from teacher.project import ProjectError
 from teacher.sample import parse_seeds
 from tests.conftest import shared_file
 
@@ -81,3 +88,12 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert main(["import", str(pkl), str(tmp_path / "x.bin")]) == 1
     assert "must end in .safetensors" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_teacher_errors_are_toon_errors():
+    """Every teacher error is reported by the one CLI wrapper as a one-line message; the pickle
+    reader's errors stay ``pickle.UnpicklingError`` too, for callers that catch those."""
+    for cls in (CheckpointError, DatasetError, MetricsError, ProjectError, IdentityError):
+        assert issubclass(cls, ToonError)
+    for cls in (UnsafePickleError, CorruptPickleError):
+        assert issubclass(cls, ToonError) and issubclass(cls, pickle.UnpicklingError)

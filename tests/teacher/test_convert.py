@@ -32,8 +32,9 @@ import torch.nn.functional as F
 
 from teacher import CheckpointError, load_discriminator, load_generator
 from teacher.convert import infer_channel_base_max
-from teacher.io import KIND_DISCRIMINATOR, KIND_GENERATOR, read_networks
+from teacher.io import read_networks
 from teacher.networks import Discriminator, Generator, channels_for
+from teacher.spec import KIND_DISCRIMINATOR, KIND_GENERATOR
 from tests.conftest import randomize_
 
 ATOL = 1e-5

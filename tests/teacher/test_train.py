@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+from common.runs import TrainError
 from teacher import load_discriminator, load_generator
 from teacher.config import PRESETS, auto_preset, make_config
 from teacher.dataset import DatasetError, ImageDataset, index_stream
 from teacher.io import read_networks
-from teacher.train import TrainError, _make_optimizer, training_loop
+from teacher.train import _make_optimizer, training_loop
 from tests.conftest import REPO, shared_file
 
 STEP_IMAGES = 8  # tiny preset batch
@@ -124,6 +125,21 @@ def test_finetune_writes_snapshots_stats_and_resume_state(tmp_path):
         "network-snapshot-000000.048.safetensors",
     ]
     assert (out / "resume-state.pt").exists() and (out / "config.json").exists()
+    # The resume file's layout is a format: files of earlier versions must keep loading.
+    blob = torch.load(out / "resume-state.pt", map_location="cpu", weights_only=True)
+    assert set(blob) == {
+        "counters",
+        "G",
+        "D",
+        "G_ema",
+        "opt_G",
+        "opt_D",
+        "augment_p",
+        "pl_mean",
+        "rng",
+        "torch_rng",
+        "cuda_rng",
+    }
     assert (out / "fakes000000.048.png").exists() and (out / "reals.png").exists()
     assert list(out.glob("events.out.tfevents.*"))
     G = load_generator(out / snaps[-1])
