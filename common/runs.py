@@ -107,17 +107,47 @@ def all_reduce_(tensors: list[torch.Tensor], world: int, mean: bool = False) -> 
 # Progress and naming
 
 
-def kimg_bar(total_nimg: int, cur_nimg: int, desc: str):
-    """A tqdm progress bar counting thousands of images (kimg), starting at ``cur_nimg``."""
-    from tqdm import tqdm
+class KimgBar:
+    """A tqdm bar in kimg that counts whole images, so it can land exactly on its total.
 
-    return tqdm(
-        total=total_nimg / 1000,
-        initial=cur_nimg / 1000,
-        unit="kimg",
-        desc=desc,
-        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]",
-    )
+    Loops report the image counter itself (:meth:`update_to`), not increments: the count is
+    clamped to ``[initial, total]``, so a last batch that passes the total (``kimg`` not a
+    multiple of the batch) or float rounding never pushes the bar past 100% (tqdm's
+    "clamping frac" warning and a negative time remaining).
+    """
+
+    def __init__(self, total_nimg: int, cur_nimg: int, desc: str) -> None:
+        from tqdm import tqdm
+
+        self.total = max(int(total_nimg), 0)
+        self._bar = tqdm(
+            total=self.total,
+            initial=min(max(int(cur_nimg), 0), self.total),
+            unit="kimg",
+            unit_scale=1 / 1000,  # counts images, shows kimg
+            desc=desc,
+            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]",
+        )
+
+    @property
+    def n(self) -> int:
+        """Images counted so far (at most ``total``)."""
+        return int(self._bar.n)
+
+    def update_to(self, cur_nimg: int) -> None:
+        """Show ``cur_nimg`` images done (clamped to the total); never moves backwards."""
+        target = min(int(cur_nimg), self.total)
+        if target > self._bar.n:
+            self._bar.update(target - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def kimg_bar(total_nimg: int, cur_nimg: int, desc: str) -> KimgBar:
+    """A progress bar counting thousands of images (kimg), starting at ``cur_nimg``; advance it
+    with ``bar.update_to(cur_nimg)``."""
+    return KimgBar(total_nimg, cur_nimg, desc)
 
 
 def snapshot_tag(nimg: int) -> str:

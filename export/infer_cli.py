@@ -8,8 +8,20 @@
 The model comes from ``--model``, else ``$TOON_MODEL``, ``./toon.onnx`` or
 ``~/.local/share/toon-distill/toon.onnx``.
 
-Exit status: 0 when every input was processed, 1 when any file failed (unreadable, no model),
-3 when some photo had no face (unless ``--skip-empty``), 2 for usage errors.
+Where outputs go (names depend only on the paths, so a rerun finds them):
+
+- ``NAME_toon.EXT`` (``--crop``: ``NAME_toon_faceK.png``) next to each input, or under the
+  folder ``-o OUT``, keeping each input's folders relative to the deepest folder that holds
+  every argument (one folder argument: relative to it). Two inputs never share an output.
+- EXT is the input's own (``.jpg``, ``.png``, ``.webp``, ``.bmp``, ``.tif``), else ``.png``.
+- ``-o FILE.png`` with one input names the file; stdin (``-``) goes to stdout as PNG unless
+  ``-o`` names a file or folder (then ``stdin_toon.png``); ``-o -`` writes one result to stdout.
+- An existing output is an error for that input (nothing written; the batch goes on) unless
+  ``--overwrite`` (replace it) or ``--skip-existing`` (keep it, skip the input) is given.
+
+Exit status: 0 when every input was processed (or skipped), 1 when any input failed
+(unreadable, too large, output exists, no model), 3 when some photo had no face (unless
+``--skip-empty``), 2 for usage errors.
 """
 
 from __future__ import annotations
@@ -18,20 +30,32 @@ import argparse
 import glob
 import io
 import json
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
 from common.cli import error_line, run_command
-from common.files import atomic_write
+from common.files import temp_path
 from common.images import IMAGE_EXTENSIONS
 
 PROG = "toon-infer"
+STDOUT = "-"
+# Input suffixes whose format an output keeps (any other input gives a PNG).
+KEPT_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+MAGIC = "*?["
 
 
-def expand_inputs(items: list[str]) -> list[str]:
-    """Files, folders (recursive, image files) and globs, in order, without duplicates."""
+class OutputExistsError(FileExistsError):
+    """The output file is already there and neither --overwrite nor --skip-existing was given."""
+
+
+def expand_inputs(items: list[str], empty: list[str] | None = None) -> list[str]:
+    """Files, folders (recursive, image files) and globs, in order, without duplicates (the
+    same file reached by two paths counts once). Items that expand to nothing are appended to
+    ``empty``. Inside folders, links with an image suffix are kept even when broken, so that
+    they are reported rather than silently left out."""
     out: list[str] = []
     for item in items:
         if item == "-":
@@ -39,43 +63,95 @@ def expand_inputs(items: list[str]) -> list[str]:
             continue
         p = Path(item)
         if p.is_dir():
-            out.extend(
+            found = [
                 str(f)
                 for f in sorted(p.rglob("*"))
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-            )
-        elif any(ch in item for ch in "*?["):
-            out.extend(sorted(glob.glob(item, recursive=True)))
+                if f.suffix.lower() in IMAGE_EXTENSIONS and (f.is_file() or f.is_symlink())
+            ]
+        elif any(ch in item for ch in MAGIC):
+            found = sorted(glob.glob(item, recursive=True))
         else:
-            out.append(item)
-    seen: set[str] = set()
-    return [x for x in out if not (x in seen or seen.add(x))]
+            found = [item]
+        if not found and empty is not None:
+            empty.append(item)
+        out.extend(found)
+    seen: set[object] = set()
+    result = []
+    for x in out:
+        try:
+            st = os.stat(x)
+            key: object = (st.st_dev, st.st_ino)
+        except (OSError, ValueError):
+            key = x
+        if key not in seen:
+            seen.add(key)
+            result.append(x)
+    return result
+
+
+def _anchor(item: str) -> str:
+    """The folder an argument's files lie under: a folder itself, a file's folder, a glob's
+    leading folders without wildcards."""
+    p = Path(item)
+    if p.is_dir():
+        return os.path.abspath(p)
+    if any(ch in item for ch in MAGIC):
+        fixed = []
+        for part in p.parts[:-1]:
+            if any(ch in part for ch in MAGIC):
+                break
+            fixed.append(part)
+        return os.path.abspath(Path(*fixed)) if fixed else os.path.abspath(".")
+    return os.path.abspath(p.parent)
+
+
+def output_base(items: list[str]) -> Path | None:
+    """The deepest folder that holds every argument (None for stdin alone): outputs under
+    ``-o OUT`` keep their path relative to it."""
+    anchors = [_anchor(item) for item in items if item != "-"]
+    return Path(os.path.commonpath(anchors)) if anchors else None
 
 
 def output_path(
-    src: str, out: str | None, multi: bool, crop: bool, face: int | None, has_alpha: bool
+    src: str,
+    out: str | None,
+    multi: bool,
+    crop: bool,
+    face: int | None,
+    base: Path | None = None,
 ) -> Path:
-    """Where the result of ``src`` goes (see the module docstring)."""
+    """Where the result of ``src`` goes (see the module docstring); from the paths alone."""
     srcp = Path(src) if src != "-" else Path("stdin.png")
-    suffix = (
-        ".png"
-        if has_alpha or crop or srcp.suffix.lower() not in IMAGE_EXTENSIONS
-        else (srcp.suffix)
-    )
-    stem = srcp.stem + "_toon" + (f"_face{face}" if face is not None else "")
+    suffix = srcp.suffix if srcp.suffix.lower() in KEPT_SUFFIXES and not crop else ".png"
+    name = srcp.stem + "_toon" + (f"_face{face}" if face is not None else "") + suffix
     if out is None:
-        return srcp.with_name(stem + suffix)
+        return srcp.with_name(name)
     outp = Path(out)
     if not multi and not crop and outp.suffix.lower() in IMAGE_EXTENSIONS:
         return outp
-    return outp / (stem + suffix)
+    if src == "-" or base is None:
+        return outp / name
+    try:
+        rel = Path(os.path.abspath(src)).relative_to(base).parent
+    except ValueError:
+        rel = Path()
+    return outp / rel / name
 
 
-def _save(array, path: Path, quality: int) -> None:
-    """Write an image atomically, in the format its suffix names (PNG when unknown)."""
+def _encode(array, fmt: str, quality: int, dest) -> None:
     from PIL import Image
 
     img = Image.fromarray(array)
+    if fmt in ("JPEG", "BMP") and img.mode == "RGBA":
+        img = img.convert("RGB")
+    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    img.save(dest, format=fmt, **options)
+
+
+def _save(array, path: Path, quality: int, overwrite: bool = False) -> None:
+    """Write an image atomically, in the format its suffix names (PNG when unknown). Without
+    ``overwrite`` an existing ``path`` is never replaced, even one created meanwhile:
+    :class:`OutputExistsError`."""
     fmt = {
         ".jpg": "JPEG",
         ".jpeg": "JPEG",
@@ -84,28 +160,122 @@ def _save(array, path: Path, quality: int) -> None:
         ".tif": "TIFF",
         ".tiff": "TIFF",
     }.get(path.suffix.lower(), "PNG")
-    if fmt == "JPEG" and img.mode == "RGBA":
-        img = img.convert("RGB")
-    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **options))
+    tmp = temp_path(path)
+    try:
+        _encode(array, fmt, quality, tmp)
+        if overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)  # atomic, and fails when path exists
+        except FileExistsError:
+            raise _exists(path) from None
+        except OSError:  # a file system without hard links
+            if os.path.lexists(path):
+                raise _exists(path) from None
+            os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
-def process(src: str, toon, args: argparse.Namespace, multi: bool) -> dict:
-    """Toonify one input; returns its report (raises for unreadable files)."""
-    from faces.align import align, load_image, paste_back
+def _exists(path: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{path} exists (pass --overwrite to replace it, or --skip-existing to keep it)"
+    )
 
+
+class Outputs:
+    """The files written in this run: a second input whose output is one of them (same name
+    on a case-insensitive disk, an input with a kept and one with a PNG suffix...) is an
+    error, never a silent replacement."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[str, str] = {}
+        self.by_inode: dict[tuple[int, int], str] = {}
+
+    def owner(self, dst: Path) -> str | None:
+        """The input that already wrote ``dst`` in this run, or None."""
+        who = self.by_path.get(os.path.abspath(dst))
+        if who is None:
+            try:
+                st = os.stat(dst)
+            except OSError:
+                return None
+            who = self.by_inode.get((st.st_dev, st.st_ino))
+        return who
+
+    def add(self, dst: Path, src: str) -> None:
+        self.by_path[os.path.abspath(dst)] = src
+        try:
+            st = os.stat(dst)
+        except OSError:
+            return
+        self.by_inode[(st.st_dev, st.st_ino)] = src
+
+
+def _check_target(dst: Path, src: str, args: argparse.Namespace, written: Outputs) -> bool:
+    """Whether ``dst`` may be written (False: skip it, it exists and --skip-existing); raises
+    when it may not."""
+    who = written.owner(dst)
+    if who is not None:
+        raise OutputExistsError(
+            f"{dst} was already written for {who} in this run (two inputs map to one output "
+            "name; rename one or process them separately)"
+        )
+    if not os.path.lexists(dst):
+        return True
+    if args.skip_existing:
+        return False
+    if src != "-" and dst.resolve() == Path(src).resolve() and not args.overwrite:
+        raise OutputExistsError(f"{dst}: output would overwrite the input (use --overwrite)")
+    if not args.overwrite:
+        raise _exists(dst)
+    return True
+
+
+def _to_stdout(args: argparse.Namespace, src: str) -> bool:
+    return args.output == STDOUT or (src == "-" and args.output is None)
+
+
+def process(
+    src: str,
+    toon,
+    args: argparse.Namespace,
+    multi: bool,
+    base: Path | None = None,
+    written: Outputs | None = None,
+) -> dict:
+    """Toonify one input; returns its report (raises for unreadable files and outputs that
+    may not be written)."""
+    from faces.align import align, paste_back
+    from faces.image import ImageTooLargeError, load_image
+
+    written = written if written is not None else Outputs()
+    report: dict = {"input": src, "outputs": []}
+    stdout = _to_stdout(args, src)
+    if stdout and sys.stdout.isatty():
+        raise ValueError("refusing to write a PNG to a terminal: redirect stdout or pass -o FILE")
+    if not stdout and not args.crop:  # the output is known before decoding: check it first
+        dst = output_path(src, args.output, multi, False, None, base)
+        if not _check_target(dst, src, args, written):
+            report.update(skipped="output exists", outputs=[str(dst)])
+            return report
     t0 = time.perf_counter()
-    source = io.BytesIO(sys.stdin.buffer.read()) if src == "-" else src
-    image = load_image(source)
+    if src == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise ValueError("stdin is a terminal: pipe a photo in (cat photo.jpg | toon-infer -)")
+        source = sys.stdin.buffer
+    else:
+        source = src
+    try:
+        image = load_image(source, max_pixels=args.max_pixels, name="stdin" if src == "-" else src)
+    except ImageTooLargeError as e:
+        raise ImageTooLargeError(f"{error_line(e)}; raise --max-pixels to read it") from None
     t1 = time.perf_counter()
     faces = align(image, max_faces=args.max_faces, **toon.align_options())
     t2 = time.perf_counter()
-    report = {
-        "input": src,
-        "faces": len(faces),
-        "boxes": [f.box.round(1).tolist() for f in faces],
-        "outputs": [],
-    }
+    report.update(faces=len(faces), boxes=[f.box.round(1).tolist() for f in faces])
     if not faces:
         report["timings_ms"] = {"load": (t1 - t0) * 1e3, "align": (t2 - t1) * 1e3}
         return report
@@ -113,26 +283,32 @@ def process(src: str, toon, args: argparse.Namespace, multi: bool) -> dict:
 
     outputs = toon.run(np.stack([f.crop[:, :, :3] for f in faces]))
     t3 = time.perf_counter()
-    has_alpha = image.ndim == 3 and image.shape[2] == 4
     if args.crop:
         results = [(outputs[i], i) for i in range(len(faces))]
     else:
         results = [(paste_back(image, faces, list(outputs)), None)]
     t4 = time.perf_counter()
-    for array, face_idx in results:
-        if src == "-" and args.output in (None, "-"):
-            from PIL import Image
+    if stdout:
+        from PIL import Image
 
-            buf = io.BytesIO()
-            Image.fromarray(array).save(buf, format="PNG")
-            sys.stdout.buffer.write(buf.getvalue())
-            report["outputs"].append("-")
-            continue
-        dst = output_path(src, args.output, multi, args.crop, face_idx, has_alpha and not args.crop)
-        if src != "-" and dst.resolve() == Path(src).resolve() and not args.overwrite:
-            raise ValueError(f"{dst}: output would overwrite the input (use --overwrite)")
-        _save(array, dst, args.quality)
-        report["outputs"].append(str(dst))
+        buf = io.BytesIO()
+        Image.fromarray(results[0][0]).save(buf, format="PNG")
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+        report["outputs"].append("-")
+    else:
+        targets = [
+            (array, output_path(src, args.output, multi, args.crop, face_idx, base))
+            for array, face_idx in results
+        ]
+        # Every target is checked before the first is written: an item is all or nothing.
+        todo = [(a, d) for a, d in targets if _check_target(d, src, args, written)]
+        if not todo:
+            report["skipped"] = "output exists"
+        for array, dst in todo:
+            _save(array, dst, args.quality, overwrite=args.overwrite)
+            written.add(dst, src)
+        report["outputs"] = [str(d) for _, d in targets]
     t5 = time.perf_counter()
     report["timings_ms"] = {
         "load": (t1 - t0) * 1e3,
@@ -145,20 +321,44 @@ def process(src: str, toon, args: argparse.Namespace, multi: bool) -> dict:
     return report
 
 
+def _int_range(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi] (hi None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from export.runtime import MAX_SIZE, MAX_THREADS, MIN_SIZE
+    from faces.image import MAX_PIXELS
+
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Toonify photos with an exported ONNX model (faces found, aligned, "
         "toonified and pasted back).",
         epilog="Model lookup without --model: $TOON_MODEL, ./toon.onnx, "
-        "~/.local/share/toon-distill/toon.onnx.",
+        "~/.local/share/toon-distill/toon.onnx. Outputs: NAME_toon.EXT next to each input, or "
+        "under -o OUT keeping the inputs' folders relative to the deepest folder holding every "
+        "argument, so two inputs never share an output. An existing output is an error for that "
+        "input unless --overwrite or --skip-existing. Exit status: 0 done, 1 some input failed, "
+        "3 some photo had no face, 2 usage.",
     )
     p.add_argument("inputs", nargs="+", help="image files, folders, globs, or - for stdin")
     p.add_argument(
         "-o",
         "--output",
         default=None,
-        help="output file (one input) or folder; default: next to each input",
+        help="output file (one input), folder (keeps the inputs' folder structure), or - for "
+        "stdout (one input, PNG); default: next to each input, stdin to stdout",
     )
     p.add_argument("--model", default=None, help="the .onnx model (see lookup below)")
     mode = p.add_mutually_exclusive_group()
@@ -175,30 +375,70 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the aligned toonified face crops instead",
     )
-    p.add_argument("--max-faces", type=int, default=None, help="faces per photo, largest first")
+    p.add_argument(
+        "--max-faces", type=_int_range(1), default=None, help="faces per photo, largest first"
+    )
     p.add_argument(
         "--size",
-        type=int,
+        type=_int_range(MIN_SIZE, MAX_SIZE),
         default=None,
         help="expected model input size (checked against the model)",
     )
     p.add_argument(
         "--skip-empty", action="store_true", help="photos without a face are not an error"
     )
-    p.add_argument("--overwrite", action="store_true", help="allow replacing an input file")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (an input too, when -o names it)",
+    )
+    existing.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose output exists (a rerun does the rest)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON report per file")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model")
+    p.add_argument(
+        "--threads",
+        type=_int_range(1, MAX_THREADS),
+        default=None,
+        help="CPU threads for the model",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument(
+        "--quality", type=_int_range(1, 100), default=95, help="JPEG/WebP quality 1-100 (95)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_int_range(1),
+        default=MAX_PIXELS,
+        help=f"refuse larger images (width x height, from the header, before decoding; "
+        f"default {MAX_PIXELS})",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=infer)
     return p
+
+
+def _usage_error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def infer(args: argparse.Namespace) -> int:
     """Toonify every input; the exit status of the module docstring."""
     from export.runtime import ModelError, Toonifier, default_model_path
 
+    empty_items: list[str] = []
+    inputs = expand_inputs(args.inputs, empty_items)
+    multi = len(inputs) > 1
+    if args.output == STDOUT and (multi or args.crop):
+        return _usage_error("-o - (stdout) takes one input and no --crop")
+    if "-" in inputs and args.output is None and args.crop:
+        return _usage_error("--crop with stdin writes one file per face: pass -o FOLDER")
+    if args.json and any(_to_stdout(args, src) for src in inputs):
+        return _usage_error("--json prints to stdout, where the image would go: pass -o FILE")
     model = args.model or default_model_path()
     if model is None:
         raise ModelError(
@@ -207,23 +447,22 @@ def infer(args: argparse.Namespace) -> int:
         )
     toon = Toonifier(model, threads=args.threads, device=args.device)
     if args.size is not None and args.size != toon.size:
-        print(
-            f"{PROG}: error: --size {args.size} but the model expects {toon.size}", file=sys.stderr
-        )
-        return 2
-    inputs = expand_inputs(args.inputs)
+        return _usage_error(f"--size {args.size} but the model expects {toon.size}")
+    for item in empty_items:
+        print(f"{PROG}: warning: {item}: no image files found", file=sys.stderr)
     if not inputs:
         raise ValueError("no input images found")
-    multi = len(inputs) > 1
+    base = output_base(args.inputs) if args.output not in (None, STDOUT) else None
+    written = Outputs()
     bar = None
     if multi and not args.json:
         from tqdm import tqdm
 
         bar = tqdm(total=len(inputs), unit="photo", file=sys.stderr)
-    failed = empty = 0
+    failed = empty = skipped = 0
     for src in inputs:
         try:
-            report = process(src, toon, args, multi)
+            report = process(src, toon, args, multi, base, written)
         except Exception as e:  # one bad file must not stop the batch
             if args.debug:
                 traceback.print_exc()
@@ -235,18 +474,22 @@ def infer(args: argparse.Namespace) -> int:
             failed += 1
             report = {"input": src, "error": msg}
         else:
-            if report["faces"] == 0:
+            if "skipped" in report:
+                skipped += 1
+            elif report["faces"] == 0:
                 empty += 1
                 print(
                     f"{PROG}: {src}: no face found" + (", skipped" if args.skip_empty else ""),
                     file=sys.stderr,
                 )
         if args.json:
-            print(json.dumps(report))
+            print(json.dumps(report), flush=True)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
+    if skipped:
+        print(f"{PROG}: {skipped} input(s) skipped: output exists", file=sys.stderr)
     if failed:
         return 1
     if empty and not args.skip_empty:

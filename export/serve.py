@@ -36,6 +36,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from PIL import Image
 from starlette.applications import Starlette
@@ -44,7 +45,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from export.runtime import Toonifier
 from export.serve_api import ApiError, error_response, note
@@ -60,9 +61,32 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.kind, exc.message, exc.headers)
 
 
+def _slash_redirect(request: Request) -> Response | None:
+    """For a path that matches a route once its trailing slash is removed or added: a 307 to
+    it with a *relative* ``Location`` (Starlette's own redirect builds an absolute URL from the
+    client's ``Host`` header, which lets anyone mint links to another host). Else None."""
+    path = request.url.path
+    if path == "/":
+        return None
+    alt = path.rstrip("/") if path.endswith("/") else path + "/"
+    if not alt.startswith("/") or alt.startswith("//"):
+        return None
+    scope = {**request.scope, "path": alt}
+    if not any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return None
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    location = quote(alt) + (f"?{query}" if query else "")
+    return Response(status_code=307, headers={"Location": location})
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (no such path, wrong method) as the same JSON answer."""
+    """Starlette's own errors (no such path, wrong method) as the same JSON answer; a path that
+    differs from a route by a trailing slash is redirected."""
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and "app" in request.scope:
+        redirect = _slash_redirect(request)
+        if redirect is not None:
+            return redirect
     kinds = {404: "not_found", 405: "method_not_allowed"}
     kind = kinds.get(exc.status_code, "bad_request")
     message = {
@@ -128,6 +152,7 @@ def create_app(config: ServeConfig, toonifier: Toonifier | None = None) -> Starl
         },
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # done by _http_error, without trusting Host
     app.state.service = service
     return app
 

@@ -10,17 +10,19 @@ The model comes from ``--model``, else ``$TOON_MODEL``, ``./toon.onnx`` or
 JSON lines: the server's on stderr, one access line per request on stdout.
 
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the model, the face models or
-the key file cannot be loaded or the port cannot be bound, 2 for usage errors. Without the
-``serve`` extra (starlette, uvicorn, python-multipart) it says how to install it.
+the API keys cannot be loaded (a key source set but empty included) or the port cannot be
+bound, 2 for usage errors. Without the ``serve`` extra (starlette, uvicorn, python-multipart)
+it says how to install it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from common.cli import error_line, run_command
 from export.runtime import ModelError, Toonifier, default_model_path
@@ -53,7 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queue",
         type=int,
         default=32,
-        help="requests held at once per worker; more get 503 + Retry-After (default 32)",
+        help="requests held at once per worker, counted once their body has arrived; more "
+        "get 503 + Retry-After (default 32)",
+    )
+    p.add_argument(
+        "--max-receiving",
+        type=int,
+        default=64,
+        help="requests receiving their body at once per worker (slow uploads wait here, not "
+        "in the queue); more get 503 + Retry-After (default 64)",
     )
     p.add_argument(
         "--max-body-mb", type=float, default=20.0, help="request body limit in MiB (default 20)"
@@ -65,10 +75,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoded image limit in pixels (default 40000000)",
     )
     p.add_argument(
+        "--max-decode-pixels",
+        type=int,
+        default=None,
+        help="pixels of all the images a worker decodes and works on at once (a request that "
+        "does not fit waits; bounds memory); at least --max-pixels (default: --max-pixels)",
+    )
+    p.add_argument(
         "--max-faces", type=int, default=8, help="faces per photo, largest first (default 8)"
     )
     p.add_argument(
         "--read-timeout", type=float, default=30.0, help="seconds to receive a body (default 30)"
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds for a connection to send a request's line and headers, after it opens "
+        "and after each answer; then it is closed (default 10)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections per worker, kept under the open-file limit; past it the "
+        "longest idle one is closed (default 1000)",
     )
     p.add_argument(
         "--threads",
@@ -117,6 +148,7 @@ def serve(args: argparse.Namespace) -> int:
         ) from None
     from export.serve import create_app
     from export.serve_metrics import log_config
+    from export.serve_net import ConnectionLimits, ServeProtocol, connection_cap
     from faces.detect import PREDICTOR_FILE, model_file
 
     model = args.model or default_model_path()
@@ -137,10 +169,14 @@ def serve(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             batch_timeout_ms=args.batch_timeout_ms,
             max_queue=args.max_queue,
+            max_receiving=args.max_receiving,
             max_body_bytes=int(args.max_body_mb * 2**20),
             max_pixels=args.max_pixels,
+            max_decode_pixels=args.max_decode_pixels,
             max_faces=args.max_faces,
             read_timeout_s=args.read_timeout,
+            header_timeout_s=args.header_timeout,
+            max_connections=args.max_connections,
             threads=threads,
             cpu_threads=args.cpu_threads,
             device=args.device,
@@ -157,18 +193,16 @@ def serve(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(asdict(config), indent=2))
         return 0
-    try:
-        keys = load_api_keys(config.api_key_file)
-    except OSError as e:
-        raise ServeError(
-            f"cannot read the API key file {config.api_key_file}: {e.strerror or e}"
-        ) from None
-    if config.api_key_file and not keys:
-        raise ServeError(f"{config.api_key_file}: no API keys in the file")
+    load_api_keys(config.api_key_file)  # ServeError for a source with no keys: never run open
     model_file(PREDICTOR_FILE)  # fails early, in one line, when the landmark model is missing
     toon = Toonifier(
         config.model, threads=threads, device=config.device, max_batch=config.max_batch
     )
+    try:
+        config = replace(config, max_connections=connection_cap(config.max_connections))
+    except ValueError as e:
+        raise ServeError(error_line(e)) from None
+    limits = ConnectionLimits(config.header_timeout_s, config.max_connections)
     common = dict(
         host=config.host,
         port=config.port,
@@ -177,6 +211,9 @@ def serve(args: argparse.Namespace) -> int:
         server_header=False,
         forwarded_allow_ips=config.forwarded_allow_ips,
         timeout_graceful_shutdown=30,
+        # uvicorn's h11 protocol with a request-head timeout and a connection cap
+        http=functools.partial(ServeProtocol, limits=limits),
+        timeout_keep_alive=min(5.0, config.header_timeout_s),
     )
     try:
         if config.workers > 1:

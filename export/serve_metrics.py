@@ -6,15 +6,18 @@
     text = m.render()                                    # Prometheus text format 0.0.4
 
     logging.config.dictConfig(log_config("info"))       # uvicorn's and the service's logs as JSON
+    loop.set_exception_handler(LoopErrorLog())          # asyncio's errors: no traceback floods
 
 Imports: the standard library only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +65,7 @@ def log_config(level: str = "info", access: bool = True) -> dict[str, Any]:
             "uvicorn.error": {"level": level},
             "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
             "toon.serve": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "asyncio": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
             "toon.access": {
                 "handlers": ["stdout"] if access else [],
                 "level": "INFO",
@@ -162,3 +166,32 @@ def _num(value: float) -> str:
     """A sample value in full precision (integers without a fraction)."""
     value = float(value)
     return str(int(value)) if value.is_integer() else repr(value)
+
+
+class LoopErrorLog:
+    """An asyncio exception handler: one JSON log line per error, no traceback, and for each
+    kind of message at most one line every ``every_s`` seconds (the next line says how many
+    were left out). ``socket.accept() out of system resource``, for one, repeats per attempt."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "event loop error")
+        now = time.monotonic()
+        if now - self._last.get(message, -1e9) < self.every_s:
+            self._skipped[message] = self._skipped.get(message, 0) + 1
+            return
+        if len(self._last) > 256:  # messages that embed a changing detail: forget old ones
+            self._last.clear()
+        self._last[message] = now
+        entry: dict[str, Any] = {"event": "loop_error", "message": message}
+        exc = context.get("exception")
+        if exc is not None:
+            entry["error"] = repr(exc)[:300]
+        skipped = self._skipped.pop(message, 0)
+        if skipped:
+            entry["suppressed"] = skipped
+        logging.getLogger("toon.serve").error(entry)

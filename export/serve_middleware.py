@@ -26,6 +26,7 @@ from export.serve_metrics import Metrics
 access_log = logging.getLogger("toon.access")
 
 ROUTES = {"/", "/v1/toonify", "/v1/model", "/healthz", "/readyz", "/metrics"}
+METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -35,6 +36,12 @@ def route_label(path: str) -> str:
     if path in ROUTES:
         return path
     return "/static" if path.startswith("/static/") else "other"
+
+
+def method_label(method: str) -> str:
+    """The metrics label of a method: a standard HTTP method itself, else ``other`` (any token
+    is a valid method name: each new one would add a series for ever)."""
+    return method if method in METHODS else "other"
 
 
 class AccessLogMiddleware:
@@ -51,7 +58,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        info: dict[str, Any] = {"status": None, "bytes_out": 0}
+        info: dict[str, Any] = {"status": None, "bytes_in": 0, "bytes_out": 0}
         scope["toon"] = info
         headers = Headers(scope=scope)
         rid = headers.get("x-request-id", "")
@@ -67,8 +74,14 @@ class AccessLogMiddleware:
                 info["bytes_out"] += len(message.get("body", b""))
             await send(message)
 
+        async def receive_counted() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                info["bytes_in"] += len(message.get("body", b""))
+            return message
+
         try:
-            await self.app(scope, receive, send_logged)
+            await self.app(scope, receive_counted, send_logged)
         except Exception:
             info.setdefault("error", "internal")
             info["status"] = info["status"] or 500
@@ -80,27 +93,30 @@ class AccessLogMiddleware:
         status = info["status"] or 499  # nothing was sent: the client went away
         route = route_label(scope["path"])
         m = self.metrics
-        m.inc("toon_requests_total", route=route, method=scope["method"], code=str(status))
+        method = method_label(scope["method"])
+        m.inc("toon_requests_total", route=route, method=method, code=str(status))
         m.observe("toon_request_duration_seconds", dt, route=route)
         if info.get("error"):
             m.inc("toon_errors_total", kind=info["error"])
         if not self.log_requests:
             return
         client = scope.get("client")
-        declared = headers.get("content-length", "0")
         entry = {
             "event": "request",
             "request_id": rid,
             "client": f"{client[0]}:{client[1]}" if client else None,
-            "method": scope["method"],
-            "path": scope["path"],
+            "method": scope["method"][:32],
+            "path": scope["path"][:512],
             "query": scope.get("query_string", b"").decode("latin-1")[:512],
             "status": status,
             "duration_ms": round(dt * 1e3, 2),
-            "bytes_in": info.get("bytes_in", int(declared) if declared.isdigit() else 0),
+            "bytes_in": info["bytes_in"],  # received, whatever the Content-Length said
             "bytes_out": info["bytes_out"],
             "user_agent": headers.get("user-agent", "")[:200],
         }
+        declared = headers.get("content-length")
+        if declared is not None and declared != str(info["bytes_in"]):
+            entry["content_length"] = declared[:20]  # what the client announced, when it differs
         for key in ("faces", "error"):
             if key in info:
                 entry[key] = info[key]

@@ -1,8 +1,11 @@
 """The request handlers of ``toon-serve`` over one process's model, batcher, pool and counters.
 
-A request's way through :meth:`ToonService.toonify`: admission (at most ``max_queue`` requests
-in the service, else 503 with ``Retry-After``), the body (byte limit, read timeout), decoding
-(format whitelist, pixel limit) and face alignment in a thread pool, the model in
+A request's way through :meth:`ToonService.toonify`: the body (at most ``max_receiving`` being
+received at once, each within the byte limit and the read timeout), admission of the complete
+body (at most ``max_queue`` in the service; past either limit 503 with ``Retry-After``: a slow
+client holds an upload slot, never a queue slot), a share of the decode budget (the pixels
+decoded at once; a request waits for room), decoding (format whitelist, pixel limit) and face
+alignment in a thread pool, the model in
 :class:`MicroBatcher`'s thread (the faces of requests that arrive together share one
 ``Toonifier.run``), paste-back and encoding in the pool. The event loop only moves bytes.
 :func:`export.serve.create_app` wires the handlers into Starlette.
@@ -35,9 +38,15 @@ from starlette.responses import JSONResponse, Response
 from export.runtime import Toonifier
 from export.serve_api import OUTPUT_FORMATS, ApiError, ToonifyOptions, note
 from export.serve_batch import BatchInfo, MicroBatcher
-from export.serve_codecs import decode_image, encode_image, short_reason
+from export.serve_codecs import (
+    DecodeBudget,
+    decode_opened,
+    encode_image,
+    open_image,
+    short_reason,
+)
 from export.serve_config import ApiKeys, ServeConfig, load_api_keys
-from export.serve_metrics import Metrics
+from export.serve_metrics import LoopErrorLog, Metrics
 from faces.align import AlignConfig, Aligner, paste_back
 from faces.image import AlignError
 
@@ -74,7 +83,9 @@ class ToonService:
             on_batch=self._on_batch,
         )
         self.executor: ThreadPoolExecutor | None = None
-        self.inflight = 0  # requests admitted and not finished (the bounded queue)
+        self.receiving = 0  # requests receiving their body (bounded by max_receiving)
+        self.inflight = 0  # complete bodies admitted and not finished (the bounded queue)
+        self.decode_budget = DecodeBudget(config.decode_pixels)
         self.upstream = 0  # admitted requests not yet at the model (the batcher may wait)
         self.ready = False
         self.keys = ApiKeys(load_api_keys(config.api_key_file))
@@ -91,6 +102,7 @@ class ToonService:
         model thread. Readiness follows."""
         self.executor = ThreadPoolExecutor(self.config.cpu_threads, thread_name_prefix="toon-cpu")
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(LoopErrorLog())  # e.g. failed accept(): no traceback floods
         t0 = time.perf_counter()
         await loop.run_in_executor(self.executor, self._warm_up)
         self.batcher.start()
@@ -103,6 +115,10 @@ class ToonService:
                 "device": self.toon.device,
                 "max_batch": self.config.max_batch,
                 "max_queue": self.config.max_queue,
+                "max_receiving": self.config.max_receiving,
+                "decode_pixels": self.decode_budget.total,
+                "max_connections": self.config.max_connections,
+                "header_timeout_s": self.config.header_timeout_s,
                 "api_keys": len(self.keys),
                 "warm_up_s": round(time.perf_counter() - t0, 3),
             }
@@ -155,7 +171,8 @@ class ToonService:
         return faces
 
     async def _read_body(self, request: Request) -> bytes:
-        """The body, within the byte limit (413) and the read timeout (408)."""
+        """The body, within the byte limit (413) and the read timeout (408). (The access log
+        counts the bytes received, whatever the outcome.)"""
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -186,7 +203,6 @@ class ToonService:
             raise ApiError(
                 408, "timeout", f"body not received within {self.config.read_timeout_s:g} s"
             ) from None
-        note(request.scope, bytes_in=total)
         return b"".join(chunks)
 
     @staticmethod
@@ -246,24 +262,31 @@ class ToonService:
     # -- handlers ---------------------------------------------------------------------------
 
     async def toonify(self, request: Request) -> Response:
-        """``POST /v1/toonify``: options, admission (503 when the queue is full), then the
-        pipeline; any unexpected failure is logged and answered as a JSON 500."""
+        """``POST /v1/toonify``: options, the body (at most ``max_receiving`` at once, each
+        within the read timeout), admission of the complete body into the queue (503 when
+        full), then the pipeline; any unexpected failure is logged and answered as a JSON
+        500."""
         opts = ToonifyOptions.parse(request.query_params, self.config)
         if not self.ready:
             raise ApiError(
                 503, "not_ready", "the model is loading", {"Retry-After": str(RETRY_AFTER_S)}
             )
-        if self.inflight >= self.config.max_queue:
-            raise ApiError(
-                503,
-                "overloaded",
-                f"server busy ({self.inflight} requests in progress); retry later",
-                {"Retry-After": str(RETRY_AFTER_S)},
-            )
+        self._admit(self.receiving, self.config.max_receiving, "uploads")
+        self.receiving += 1
+        t0 = time.perf_counter()
+        try:
+            body = await self._read_body(request)
+        except ClientDisconnect:
+            note(request.scope, error="client_disconnected")
+            return Response(status_code=499)
+        finally:
+            self.receiving -= 1
+        # Only a complete body takes a queue slot: a slow client cannot hold one.
+        self._admit(self.inflight, self.config.max_queue, "requests")
         self.inflight += 1
         self.upstream += 1
         try:
-            return await self._toonify(request, opts)
+            return await self._toonify(request, body, opts, t0)
         except (ApiError, ClientDisconnect):
             raise
         except AlignError as e:
@@ -275,35 +298,57 @@ class ToonService:
             )
             raise ApiError(500, "internal", "internal error; the server log has details") from None
 
-    async def _toonify(self, request: Request, opts: ToonifyOptions) -> Response:
-        """Body, decode, align (thread pool), model (batcher), paste and encode (pool)."""
+    @staticmethod
+    def _admit(count: int, limit: int, what: str) -> None:
+        """503 with ``Retry-After`` when ``count`` has reached ``limit``."""
+        if count >= limit:
+            raise ApiError(
+                503,
+                "overloaded",
+                f"server busy ({count} {what} in progress); retry later",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+
+    async def _toonify(
+        self, request: Request, body: bytes, opts: ToonifyOptions, t0: float
+    ) -> Response:
+        """Decode within the decode budget, align (thread pool), model (batcher), paste and
+        encode (pool); ``t0`` is when the body began to arrive."""
         at_model = False
         t: dict[str, float] = {}
-        t0 = time.perf_counter()
         try:
-            try:
-                body = await self._read_body(request)
-            except ClientDisconnect:
-                note(request.scope, error="client_disconnected")
-                return Response(status_code=499)
             data = await self._image_bytes(request, body)
             del body
-            t1 = time.perf_counter()
-            rgb, in_format = await self._cpu(decode_image, data, self.config.max_pixels)
-            del data
-            t2 = time.perf_counter()
-            faces = await self._cpu(self._align, rgb, opts.max_faces)
-            t3 = time.perf_counter()
-            t.update(receive=t1 - t0, decode=t2 - t1, align=t3 - t2)
-            self.metrics.observe("toon_stage_seconds", t2 - t1, stage="decode")
-            self.metrics.observe("toon_stage_seconds", t3 - t2, stage="align")
-            if not faces:
-                raise ApiError(422, "no_face", "no face found in the image")
-            self.upstream -= 1
-            at_model = True
-            crops = np.stack([f.crop[:, :, :3] for f in faces])
-            outputs, batch = await self.batcher.submit(crops)
-            out = await self._cpu(self._compose, rgb, faces, outputs, opts)
+            img = await self._cpu(open_image, data, self.config.max_pixels)
+            try:
+                w, h = img.size
+                t1 = time.perf_counter()
+                reserved = await self.decode_budget.acquire(w * h)
+            except BaseException:
+                img.close()
+                raise
+            try:
+                t_budget = time.perf_counter()
+                rgb, in_format = await self._cpu(decode_opened, img, self.config.max_pixels)
+                del data, img
+                t2 = time.perf_counter()
+                faces = await self._cpu(self._align, rgb, opts.max_faces)
+                t3 = time.perf_counter()
+                t.update(receive=t1 - t0, budget=t_budget - t1, decode=t2 - t_budget)
+                t.update(align=t3 - t2)
+                self.metrics.observe("toon_stage_seconds", t_budget - t1, stage="budget")
+                self.metrics.observe("toon_stage_seconds", t2 - t_budget, stage="decode")
+                self.metrics.observe("toon_stage_seconds", t3 - t2, stage="align")
+                if not faces:
+                    raise ApiError(422, "no_face", "no face found in the image")
+                self.upstream -= 1
+                at_model = True
+                crops = np.stack([f.crop[:, :, :3] for f in faces])
+                outputs, batch = await self.batcher.submit(crops)
+                out = await self._cpu(self._compose, rgb, faces, outputs, opts)
+                del rgb
+            finally:
+                self.decode_budget.release(reserved)
             t5 = time.perf_counter()
         finally:
             self.inflight -= 1
@@ -389,6 +434,8 @@ class ToonService:
             "status": "ready" if ok else "not ready",
             "queue": self.inflight,
             "max_queue": self.config.max_queue,
+            "receiving": self.receiving,
+            "max_receiving": self.config.max_receiving,
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -431,11 +478,31 @@ def _make_metrics(service: ToonService) -> Metrics:
     m.histogram("toon_batch_requests", "Requests sharing one model call.", COUNT_BUCKETS)
     m.histogram("toon_model_seconds", "Model call duration (seconds).", LATENCY_BUCKETS)
     m.histogram("toon_stage_seconds", "Time per request stage (seconds).", LATENCY_BUCKETS)
-    m.gauge("toon_queue_depth", "Requests in the service now.", lambda: service.inflight)
+    m.gauge(
+        "toon_queue_depth",
+        "Requests past their upload in the service now.",
+        lambda: service.inflight,
+    )
     m.gauge(
         "toon_queue_limit",
         "Requests the service holds before answering 503.",
         lambda: service.config.max_queue,
+    )
+    m.gauge("toon_receiving", "Requests receiving their body now.", lambda: service.receiving)
+    m.gauge(
+        "toon_receiving_limit",
+        "Bodies received at once before answering 503.",
+        lambda: service.config.max_receiving,
+    )
+    m.gauge(
+        "toon_decode_pixels",
+        "Pixels of the images being worked on now (the decode budget in use).",
+        lambda: service.decode_budget.held,
+    )
+    m.gauge(
+        "toon_decode_waiting",
+        "Requests waiting for room in the decode budget.",
+        lambda: service.decode_budget.waiting,
     )
     m.gauge("toon_ready", "1 when the service takes requests.", lambda: int(service.ready))
     m.gauge(

@@ -143,7 +143,7 @@ def parse_landmarks(value: object) -> list[np.ndarray]:
             v = [v[k] for k in keys]
         try:
             a = np.asarray(v, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise AlignError(f"hand landmarks are not a list of [x, y] points: {v!r}") from None
         if a.shape not in ((68, 2), (4, 2)) or not np.all(np.isfinite(a)):
             raise AlignError(f"hand landmarks must be 4 or 68 finite [x, y] points, got {a.shape}")
@@ -159,6 +159,38 @@ def parse_landmarks(value: object) -> list[np.ndarray]:
             return [one(v) for v in value]
         return [one(value)]
     raise AlignError(f"hand landmarks must be a non-empty list or dict, got {value!r}")
+
+
+MIN_HAND_FACE = 4.0  # smallest face box side (photo px) hand landmarks may give
+MIN_INSIDE = 0.5  # least fraction of a hand-given face box that must lie inside the photo
+
+
+def _hand_box(lm: np.ndarray, quad: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The face box (x0, y0, x1, y1) of hand landmarks: as wide as the square's inner half,
+    around the points. AlignError when the face is degenerate (under :data:`MIN_HAND_FACE`
+    px) or mostly outside the photo (under :data:`MIN_INSIDE` of its box inside), which would
+    give a crop of padding: a flat colour, not a face."""
+    pts = recipe_points(lm) if lm.shape[0] == 4 else lm
+    half = quad_size(quad) / 4
+    mid = pts.mean(0)
+    box = np.array([mid[0] - half, mid[1] - half, mid[0] + half, mid[1] + half])
+    side = 2 * half
+    if not np.all(np.isfinite(box)) or side < MIN_HAND_FACE:
+        raise AlignError(
+            f"landmarks give a face of {side:.2g} px (eyes and mouth at nearly one point); "
+            f"a face needs at least {MIN_HAND_FACE:g} px"
+        )
+    inside_w = max(0.0, min(box[2], width) - max(box[0], 0.0))
+    inside_h = max(0.0, min(box[3], height) - max(box[1], 0.0))
+    inside = inside_w * inside_h / (side * side)
+    if inside < MIN_INSIDE:
+        x0, y0, x1, y1 = (f"{v:.0f}" for v in box)
+        raise AlignError(
+            f"landmarks put the face outside the {width}x{height} image (face box "
+            f"({x0}, {y0})-({x1}, {y1}), {inside:.0%} inside); check the points are in pixels "
+            "of the upright image"
+        )
+    return box
 
 
 class Aligner:
@@ -196,25 +228,23 @@ class Aligner:
         score: float = float("nan"),
         source: str = "manual",
     ) -> AlignedFace:
-        """Align one face of a loaded photo (H, W, 3|4 uint8) from its landmarks."""
+        """Align one face of a loaded photo (H, W, 3|4 uint8) from its landmarks. Without
+        ``box`` (hand landmarks) the face must be at least 4 px and mostly inside the photo
+        (AlignError otherwise)."""
         c = self.config
-        lm = np.asarray(landmarks, dtype=np.float64)
         try:
+            lm = np.asarray(landmarks, dtype=np.float64)
             quad = ffhq_quad(lm)
-        except ValueError as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise AlignError(str(e)) from None
+        if box is None:
+            box = _hand_box(lm, quad, rgb.shape[1], rgb.shape[0])
         try:
             crop = ffhq_warp(
                 rgb, quad, c.size, transform_size=c.transform_size, enable_padding=c.enable_padding
             )
         except ValueError as e:
             raise AlignError(f"cannot align the face: {e}") from None
-        if box is None:
-            pts = recipe_points(lm) if lm.shape[0] == 4 else lm
-            # Hand landmarks: a box as wide as the square's inner half, around the points.
-            half = quad_size(quad) / 4
-            mid = pts.mean(0)
-            box = np.array([mid[0] - half, mid[1] - half, mid[0] + half, mid[1] + half])
         return AlignedFace(
             crop=crop,
             quad=quad,
@@ -259,7 +289,14 @@ class Aligner:
         rgb = load_image(image)
         c = self.config
         if landmarks is not None:
-            faces = [self.warp(rgb, lm) for lm in landmarks]
+            faces = []
+            for i, lm in enumerate(landmarks):
+                try:
+                    faces.append(self.warp(rgb, lm))
+                except AlignError as e:
+                    if len(landmarks) == 1:
+                        raise
+                    raise AlignError(f"face {i + 1} of {len(landmarks)}: {e}") from None
             faces.sort(key=lambda f: -quad_size(f.quad))
             return faces[: c.max_faces]
         faces = []

@@ -22,6 +22,7 @@ from pathlib import Path
 from common.cli import run_command
 
 PROG = "toon-pairs"
+MAX_ERROR_LINES = 10  # files whose error align prints (all are in the report)
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -68,6 +69,16 @@ def cmd_align(args: argparse.Namespace) -> int:
         f"{s['files']} images; no face: {s['no_face']}, skipped: {s['skipped']}, "
         f"errors: {s['errors']}; report {rpath}"
     )
+    errors = [f for f in rep["files"] if f["status"] == "error"]
+    for f in errors[:MAX_ERROR_LINES]:
+        reason = f["reason"]
+        named = f["file"].rsplit("/", 1)[-1] in reason  # most errors name their file already
+        line = reason if named else f"{f['file']}: {reason}"
+        print(f"{PROG}: {line}", file=sys.stderr)
+    if len(errors) > MAX_ERROR_LINES:
+        print(
+            f"{PROG}: ... {len(errors) - MAX_ERROR_LINES} more errors in {rpath}", file=sys.stderr
+        )
     if s["need_landmarks"]:
         print(
             f"{len(s['need_landmarks'])} images need hand landmarks (--landmarks FILE.json): "

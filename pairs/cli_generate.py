@@ -102,10 +102,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check every shard; exit status 1 when any is missing or corrupt."""
+    """Check every shard (read-only unless --update-manifest); exit status 1 when any is
+    missing or corrupt, or manifest.json does not list the finished shards."""
     from pairs.verify import verify
 
-    rep = verify(args.dir, deep=args.deep)
+    rep = verify(args.dir, deep=args.deep, update_manifest=args.update_manifest)
     if args.json:
         print(json.dumps(rep.as_dict(), indent=2))
         return 0 if rep.ok else 1
@@ -116,11 +117,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{len(rep.stray_temps)} temporary files of interrupted runs (a rerun removes them)")
     if rep.manifest_updated:
         print("manifest.json brought up to date with the finished shards")
+    if rep.manifest_stale:
+        print(
+            "manifest.json does not list the finished shards (a process was killed before "
+            f"updating it): run {PROG} verify --update-manifest {args.dir}, or rerun generate"
+        )
     ok = rep.num_shards - len(bad)
     print(
         f"{args.dir}: {'OK' if rep.ok else 'NOT OK'}: {ok}/{rep.num_shards} shards intact, "
         f"{rep.ok_pairs}/{rep.count} pairs"
-        + ("" if rep.ok else "; rerun the same generate command to write the missing ones")
+        + ("; rerun the same generate command to write the missing ones" if bad else "")
+        + ("; manifest.json out of date" if rep.manifest_stale and not bad else "")
     )
     return 0 if rep.ok else 1
 
@@ -281,12 +288,18 @@ def add_generate_commands(sub: argparse._SubParsersAction) -> None:
         "verify",
         help="check a pairs dataset's shards (hashes, counts); exit 1 if any is bad",
         description=(
-            "Bring manifest.json up to date with the finished shards, then check each shard's "
-            "sidecar, size, sha256 and members; report missing or corrupt shards."
+            "Check each shard's sidecar, size, sha256 and members, and that manifest.json lists "
+            "the finished shards; report missing or corrupt shards. Writes nothing, unless "
+            "--update-manifest."
         ),
     )
     p.add_argument("dir", metavar="DIR", help="dataset folder")
     p.add_argument("--deep", action="store_true", help="also decode every image and JSON")
+    p.add_argument(
+        "--update-manifest",
+        action="store_true",
+        help="rewrite manifest.json from the shards' sidecars when it does not list them all",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_verify)
 

@@ -44,6 +44,7 @@ from PIL import ImageColor
 
 from common.files import atomic_write, atomic_write_text
 from common.images import save_png
+from common.workers import exit_with_parent
 from faces.align import AlignConfig, Aligner, parse_landmarks
 from faces.image import AlignError, composite, load_image
 
@@ -177,6 +178,13 @@ _ALIGNER: Aligner | None = None
 _CONFIG: PrepareConfig | None = None
 
 
+def _init_pool_worker(config: PrepareConfig, root: int, parent: int | None) -> None:
+    """Initializer of the pool's workers: end with the job even when it is killed (a worker
+    busy with a large image would otherwise finish it, orphaned), then load the models."""
+    exit_with_parent(parent, root)
+    _init_worker(config)
+
+
 def _init_worker(config: PrepareConfig) -> None:
     global _ALIGNER, _CONFIG
     if _ALIGNER is None or _CONFIG != config:
@@ -210,7 +218,12 @@ def process_file(task: dict) -> dict:
         limit = cfg.align.max_faces if cfg.all_faces else 1
         entries, crops = [], []
         if task["landmarks"] is not None:
-            faces = al.align(img, landmarks=[np.asarray(a) for a in task["landmarks"]])
+            try:
+                faces = al.align(img, landmarks=[np.asarray(a) for a in task["landmarks"]])
+            except AlignError as e:
+                raise AlignError(
+                    f"{task['file']}: hand landmarks refused: {e} (fix its --landmarks entry)"
+                ) from None
             for f in faces:
                 keep = limit is None or len(crops) < limit
                 entries.append(
@@ -280,6 +293,7 @@ def _is_our_folder(path: Path) -> bool:
 def _write_output(out: Path, items: list[tuple[str, Path]]) -> None:
     """Write the dataset (folder or zip) under a temporary name, then rename it into place."""
     labels = json.dumps({"labels": None}).encode()
+    _check_output(out)  # again: OUT may have changed while the job ran
     if out.suffix.lower() == ".zip":
 
         def write_zip(tmp: Path) -> None:
@@ -288,28 +302,55 @@ def _write_output(out: Path, items: list[tuple[str, Path]]) -> None:
                     zf.write(src, name)
                 zf.writestr("dataset.json", labels)
 
-        atomic_write(out, write_zip)
+        atomic_write(out, write_zip)  # removes its temporary file on any failure
         return
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_our_folder(out))):
-        raise AlignError(f"{out} exists and is not a dataset folder written by toon-pairs")
     # A folder is swapped, not written: build it under a temporary name, move the old one to
-    # another, rename the new one into place, then delete the old one.
-    tmp = _temp_name(out)
+    # another, rename the new one into place, then delete the old one. On any failure the
+    # temporary folder goes and the old dataset stays.
+    tmp, old = _temp_name(out), _temp_name(out)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.mkdir()
-    for name, src in items:
-        dst = tmp / name
-        dst.parent.mkdir(exist_ok=True)
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
-    (tmp / "dataset.json").write_bytes(labels)
-    old = _temp_name(out)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
+    moved = False
+    try:
+        for name, src in items:
+            dst = tmp / name
+            dst.parent.mkdir(exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+        (tmp / "dataset.json").write_bytes(labels)
+        if out.exists():
+            os.replace(out, old)
+            moved = True
+        os.replace(tmp, out)
+    except BaseException:
+        if moved and not out.exists():
+            os.replace(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_output(out: Path, report: Path | None = None) -> None:
+    """Refuse an ``OUT`` (or report path) the job could not write, before any work: a .zip name
+    that is a folder, a folder that holds other files, a parent that is a file."""
+    for p in [out, *([report] if report else [])]:
+        parent = next((q for q in p.parents if q.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise AlignError(f"cannot write {p}: {parent} is a file, not a folder")
+    if report is not None and report.is_dir():
+        raise AlignError(f"report path {report} is a folder; give a file name with --report")
+    if work_path(out).exists() and not work_path(out).is_dir():
+        raise AlignError(f"{work_path(out)} (the work folder) exists and is not a folder")
+    if out.suffix.lower() == ".zip":
+        if out.exists() and not out.is_file():
+            raise AlignError(f"{out} exists and is not a file; remove it or choose another OUT")
+        return
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_our_folder(out))):
+        raise AlignError(
+            f"{out} exists and is not a dataset folder written by toon-pairs; choose another OUT"
+        )
 
 
 def prepare_dataset(
@@ -328,6 +369,7 @@ def prepare_dataset(
         raise AlignError(f"input folder {in_dir} not found (or not a folder)")
     work = work_path(out)
     rpath = Path(report) if report else report_path(out)
+    _check_output(out, rpath)  # before any work: nothing is written for an OUT we cannot write
     images, ignored = find_images(in_dir, exclude=[out, work])
     if not images:
         exts = " ".join(sorted(IMAGE_EXTS))
@@ -399,7 +441,10 @@ def prepare_dataset(
             ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
             if ctx.get_start_method() == "forkserver":
                 ctx.set_forkserver_preload(["pairs.prepare"])
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+            # Under forkserver the server, not this process, is the workers' parent.
+            parent = None if ctx.get_start_method() == "forkserver" else os.getpid()
+            init = (cfg, os.getpid(), parent)
+            with ctx.Pool(workers, initializer=_init_pool_worker, initargs=init) as pool:
                 for rec in pool.imap_unordered(process_file, todo, chunksize=1):
                     records[rec["file"]] = rec
                     bar.update(1)

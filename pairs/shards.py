@@ -49,9 +49,10 @@ place, then writes ``shard-{i:06d}.json`` atomically::
 A shard counts as finished only with a sidecar of the dataset's config hash whose tar exists
 (resume and ``verify`` also check its sha256). ``manifest.json`` is created once, atomically and
 only if absent (so concurrent first runs agree on the config), and is afterwards *rebuilt from
-the sidecars* by every process that finishes and by ``verify``: rebuild, re-read the sidecars,
-and rebuild again until they did not change meanwhile. Processes writing disjoint shards into one
-folder therefore never lose each other's entries. The manifest::
+the sidecars* by every process that finishes, and by ``verify --update-manifest`` (a plain
+``verify`` writes nothing): rebuild, re-read the sidecars, and rebuild again until they did not
+change meanwhile. Processes writing disjoint shards into one folder therefore never lose each
+other's entries. The manifest::
 
     {"format": "toon-pairs", "format_version": 1, "resolution": R, "count": N,
      "shard_size": S, "num_shards": n, "complete": bool, "finished_count": pairs in listed shards,
@@ -414,10 +415,20 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     ]
 
 
+def _static_part(man: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in man.items() if k not in ("shards", "complete", "finished_count")}
+
+
+def manifest_from_sidecars(out: Path, man: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest :func:`rebuild_manifest` would write now (``man``: the one on disk, read
+    when not given), without writing anything."""
+    static = _static_part(read_manifest(out) if man is None else man)
+    return json.loads(manifest_bytes(static, _listed_shards(out, static)))
+
+
 def rebuild_manifest(out: Path, max_rounds: int = 20) -> dict[str, Any]:
     """Rewrite ``manifest.json`` from the sidecars until they stop changing under us."""
-    man = read_manifest(out)
-    static = {k: v for k, v in man.items() if k not in ("shards", "complete", "finished_count")}
+    static = _static_part(read_manifest(out))
     entries = _listed_shards(out, static)
     for _ in range(max_rounds):
         atomic_write_bytes(out / MANIFEST_NAME, manifest_bytes(static, entries))

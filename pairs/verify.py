@@ -3,8 +3,10 @@
 Each shard is checked in the order a resumed job trusts it: sidecar present and of this
 manifest's config and layout, tar present, size and sha256 as recorded, member names in key
 order; ``deep`` also decodes every image and JSON with the dataset reader
-(:func:`pairs.shards.read_samples`). The manifest is first brought up to date with the sidecars,
-as after processes that were killed before rebuilding it.
+(:func:`pairs.shards.read_samples`). The manifest is compared with what the sidecars make of it
+(out of date after processes that were killed before rebuilding it): a verify reads and never
+writes, unless asked to bring the manifest up to date (``update_manifest``, the CLI's
+``--update-manifest``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pairs.shards import (
     TEMP_RE,
     PairsError,
     decode_pair,
+    manifest_from_sidecars,
     pair_key,
     read_manifest,
     read_samples,
@@ -42,12 +45,14 @@ class VerifyReport:
     ok_pairs: int = 0
     shards: list[dict[str, str]] = field(default_factory=list)
     stray_temps: list[str] = field(default_factory=list)
-    manifest_updated: bool = False
+    manifest_stale: bool = False  # manifest.json does not list the finished shards as it should
+    manifest_updated: bool = False  # ... and was rewritten (``update_manifest``)
 
     @property
     def ok(self) -> bool:
-        """True when every shard is present and intact."""
-        return all(s["status"] == "ok" for s in self.shards)
+        """True when every shard is present and intact and the manifest lists them (what
+        readers such as :func:`pairs.shards.complete_shards` need)."""
+        return all(s["status"] == "ok" for s in self.shards) and not self.manifest_stale
 
     def problems(self) -> list[dict[str, str]]:
         """The shards that are not ok."""
@@ -64,6 +69,7 @@ class VerifyReport:
             "ok_shards": sum(s["status"] == "ok" for s in self.shards),
             "problems": self.problems(),
             "stray_temps": self.stray_temps,
+            "manifest_stale": self.manifest_stale,
             "manifest_updated": self.manifest_updated,
         }
 
@@ -92,22 +98,27 @@ def _check_members(path: Path, man: Mapping[str, Any], index: int, deep: bool) -
     return ""
 
 
+def _listing(man: Mapping[str, Any]) -> tuple[Any, ...]:
+    return man.get("shards"), man.get("complete"), man.get("finished_count")
+
+
 def verify(
-    path: str | os.PathLike, deep: bool = False, update_manifest: bool = True
+    path: str | os.PathLike, deep: bool = False, update_manifest: bool = False
 ) -> VerifyReport:
     """Check every shard of a dataset: sidecar, size, sha256, member names and order (``deep``:
-    also decode every image and JSON). Brings ``manifest.json`` up to date with the sidecars
-    first (``update_manifest``), as after processes that were killed before rebuilding it."""
+    also decode every image and JSON), and whether ``manifest.json`` lists the finished shards
+    (``manifest_stale`` when not, as after processes that were killed before rebuilding it).
+    Writes nothing, unless ``update_manifest``: then a stale manifest is rewritten from the
+    sidecars."""
     path = Path(path)
     man = read_manifest(path)
     rep = VerifyReport(str(path), man["count"], man["num_shards"])
-    if update_manifest:
-        before = [s.get("name") for s in man["shards"]]
-        try:
-            man = rebuild_manifest(path)
-        except OSError:
-            pass  # read-only folder: verify what is there
-        rep.manifest_updated = [s.get("name") for s in man["shards"]] != before
+    fresh = manifest_from_sidecars(path, man)
+    rep.manifest_stale = _listing(fresh) != _listing(man)
+    if rep.manifest_stale and update_manifest:
+        man = rebuild_manifest(path)
+        rep.manifest_updated = True
+        rep.manifest_stale = _listing(manifest_from_sidecars(path, man)) != _listing(man)
     rep.stray_temps = sorted(p.name for p in path.iterdir() if TEMP_RE.match(p.name))
     for index in range(man["num_shards"]):
         status, detail = shard_problem(path, man, index, check_hash=True)

@@ -26,6 +26,7 @@ import PIL
 import torch
 from PIL import features
 
+from common.workers import exit_with_parent
 from pairs import photos, shards
 from pairs.render import RenderedBatch, pair_meta
 from pairs.shards import PairsError
@@ -50,7 +51,8 @@ def _noop(x: int) -> int:
     return x
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int, pdeathsig: bool) -> None:
+    exit_with_parent(parent, pdeathsig=pdeathsig)  # never outlive a killed job
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
@@ -64,12 +66,22 @@ def encoder_pool(workers: int) -> Executor:
 
     Workers are forked where the platform can (as torch's DataLoader does: fast, and no
     ``if __name__ == "__main__"`` guard needed in callers' scripts); they only run numpy and
-    Pillow, never torch. Elsewhere they are spawned.
+    Pillow, never torch. Elsewhere they are spawned. Workers end when this process ends, even
+    when it is killed (:func:`common.workers.exit_with_parent`); shut the pool down from the
+    thread that created it.
     """
     if workers == 0:
         return _InlineExecutor()
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_init)
+    # The kernel's parent-death signal follows the creating thread: only the main thread is
+    # sure to outlive the pool. Other threads rely on the workers' watchdog thread.
+    main = threading.current_thread() is threading.main_thread()
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context(method),
+        initializer=_worker_init,
+        initargs=(os.getpid(), main),
+    )
     list(pool.map(_noop, range(workers)))  # start the workers now, not mid-job
     return pool
 

@@ -317,7 +317,7 @@ def training_loop(
         steps_in_tick += 1
         steps_this_call += 1
         if bar is not None:
-            bar.update(cfg.batch / 1000)
+            bar.update_to(state["cur_nimg"])
         if stop_after_steps is not None and steps_this_call >= stop_after_steps:
             if bar is not None:
                 bar.close()

@@ -43,8 +43,15 @@ import torch
 
 from teacher import ops
 from teacher.networks import DEFAULT_FILTER, Discriminator, Generator, channels_for
-from teacher.pickle_reader import PersistentRecord, TFNetworkRecord
-from teacher.spec import KIND_DISCRIMINATOR, KIND_GENERATOR, CheckpointError, NetworkSpec
+from teacher.pickle_reader import CorruptPickleError, PersistentRecord, TFNetworkRecord
+from teacher.spec import (
+    KIND_DISCRIMINATOR,
+    KIND_GENERATOR,
+    CheckpointError,
+    NetworkSpec,
+    check_arch,
+    check_size,
+)
 
 W_AVG_SAMPLES = 10000  # z samples behind an estimated w_avg
 W_AVG_SEED = 0  # seed of torch.Generator for those samples
@@ -106,7 +113,17 @@ def _shape(tensors: Mapping[str, Any], name: str, what: str, ndim: int) -> tuple
     return shape
 
 
-def _build(cls: type, arch: dict[str, Any], what: str) -> torch.nn.Module:
+def _build(
+    cls: type, arch: dict[str, Any], what: str, tensors: Mapping[str, Any]
+) -> torch.nn.Module:
+    """A fresh network of an inferred ``arch``, after :func:`~teacher.spec.check_arch` and a
+    check that the foreign ``tensors`` store at least the weights it needs."""
+    kind = KIND_GENERATOR if cls is Generator else KIND_DISCRIMINATOR
+    try:
+        arch = check_arch(kind, arch)
+        check_size(kind, arch, tensors.values())
+    except CheckpointError as e:
+        raise CheckpointError(f"{what}: {e}") from None
     try:
         return cls(**arch)
     except (TypeError, ValueError, KeyError) as e:
@@ -163,8 +180,8 @@ def _fill(
 
 
 def _check_activation(name: Any, what: str) -> str:
-    if name not in ops.ACTIVATION_GAIN:
-        raise CheckpointError(f"{what}: unsupported activation {name!r}")
+    if not isinstance(name, str) or name not in ops.ACTIVATION_GAIN:
+        raise CheckpointError(f"{what}: unsupported activation {name!r:.40}")
     return str(name)
 
 
@@ -214,11 +231,24 @@ _G_POSITIONAL = ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"]
 _D_POSITIONAL = ["c_dim", "img_resolution", "img_channels"]
 
 
-def _merge_positional(args: tuple, kwargs: dict, names: list[str]) -> dict:
+def _merge_positional(args: tuple, kwargs: Any, names: list[str], what: str) -> dict:
+    if not isinstance(kwargs, Mapping) or not isinstance(args, (tuple, list)):
+        raise CheckpointError(f"{what} constructor arguments are not a tuple and a dict")
+    if len(args) > len(names):
+        raise CheckpointError(f"{what} has {len(args)} positional arguments, at most {len(names)}")
     kwargs = dict(kwargs)
     for name, value in zip(names, args, strict=False):
         kwargs[name] = value
     return kwargs
+
+
+def _group(value: Any, name: str, key: str) -> Mapping[str, Any]:
+    """A nested kwargs dict (``mapping_kwargs``...); None reads as empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"{name} argument {key} is a {type(value).__name__}, expected a dict")
+    return value
 
 
 def generator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) -> dict[str, Any]:
@@ -227,85 +257,84 @@ def generator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) -> d
     Synthesis kwargs may be nested under ``synthesis_kwargs`` (stylegan2-ada-pytorch) or given
     at the top level (the StyleGAN2 config of NVIDIA's stylegan3 repository).
     """
-    kwargs = _merge_positional(args, kwargs, _G_POSITIONAL)
+    kwargs = _merge_positional(args, kwargs, _G_POSITIONAL, "generator")
     arch: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key in _G_TOP:
             arch[key] = value
         elif key == "mapping_kwargs":
-            for mk, mv in (value or {}).items():
+            for mk, mv in _group(value, "generator", key).items():
                 if mk not in _G_MAPPING:
-                    raise CheckpointError(f"unsupported generator mapping argument {mk!r}")
+                    raise CheckpointError(f"unsupported generator mapping argument {mk!r:.60}")
                 arch[_G_MAPPING[mk]] = mv
         elif key == "synthesis_kwargs":
-            for sk, sv in (value or {}).items():
+            for sk, sv in _group(value, "generator", key).items():
                 if sk not in _G_SYNTHESIS:
-                    raise CheckpointError(f"unsupported generator synthesis argument {sk!r}")
+                    raise CheckpointError(f"unsupported generator synthesis argument {sk!r:.60}")
                 arch[sk] = sv
         elif key in _G_SYNTHESIS:
             arch[key] = value
         else:
-            raise CheckpointError(f"unsupported generator argument {key!r}")
+            raise CheckpointError(f"unsupported generator argument {key!r:.60}")
     missing = _G_TOP - set(arch) - {"img_channels"}
     if missing:
         raise CheckpointError(f"generator arguments lack {sorted(missing)}")
-    if "resample_filter" in arch:
-        arch["resample_filter"] = [float(v) for v in arch["resample_filter"]]
-    return arch
+    return check_arch(KIND_GENERATOR, arch)
 
 
 def discriminator_arch_from_nvidia(kwargs: Mapping[str, Any], args: tuple = ()) -> dict[str, Any]:
     """Translate NVIDIA ``Discriminator`` constructor kwargs into our flat arguments."""
-    kwargs = _merge_positional(args, kwargs, _D_POSITIONAL)
+    kwargs = _merge_positional(args, kwargs, _D_POSITIONAL, "discriminator")
     arch: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key in _D_TOP:
             arch[key] = value
         elif key == "block_kwargs":
-            for bk, bv in (value or {}).items():
+            for bk, bv in _group(value, "discriminator", key).items():
                 if bk not in _D_BLOCK:
-                    raise CheckpointError(f"unsupported discriminator block argument {bk!r}")
+                    raise CheckpointError(f"unsupported discriminator block argument {bk!r:.60}")
                 arch[bk] = bv
         elif key == "mapping_kwargs":
-            for mk, mv in (value or {}).items():
+            for mk, mv in _group(value, "discriminator", key).items():
                 if mk == "activation" and mv == "lrelu":
                     continue
                 if mk not in _D_MAPPING:
-                    raise CheckpointError(f"unsupported discriminator mapping argument {mk!r}")
+                    raise CheckpointError(f"unsupported discriminator mapping argument {mk!r:.60}")
                 arch[_D_MAPPING[mk]] = mv
         elif key == "epilogue_kwargs":
-            for ek, ev in (value or {}).items():
+            for ek, ev in _group(value, "discriminator", key).items():
                 if ek not in _D_EPILOGUE:
-                    raise CheckpointError(f"unsupported discriminator epilogue argument {ek!r}")
+                    raise CheckpointError(f"unsupported discriminator epilogue argument {ek!r:.60}")
                 if ek == "activation" and arch.get("activation", ev) != ev:
                     raise CheckpointError(
                         "different block and epilogue activations are unsupported"
                     )
                 arch[ek] = ev
         else:
-            raise CheckpointError(f"unsupported discriminator argument {key!r}")
-    if "resample_filter" in arch:
-        arch["resample_filter"] = [float(v) for v in arch["resample_filter"]]
-    return arch
+            raise CheckpointError(f"unsupported discriminator argument {key!r:.60}")
+    return check_arch(KIND_DISCRIMINATOR, arch)
 
 
 def _spec_from_record(key: str, rec: PersistentRecord) -> NetworkSpec:
     """One network of a snapshot: its arch from the pickled constructor arguments, its state
-    dict as pickled (the names are already ours)."""
-    if rec.class_name == "Generator":
-        arch = generator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
-        kind = KIND_GENERATOR
-    elif rec.class_name == "Discriminator":
-        arch = discriminator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
-        kind = KIND_DISCRIMINATOR
-    else:
-        raise CheckpointError(
-            f"snapshot entry {key!r} is a {rec.class_name!r}, not a StyleGAN2 network"
-        )
-    state = dict(rec.state_dict())
-    if any(name.startswith("synthesis.input.") for name in state):
-        raise CheckpointError("StyleGAN3 (alias-free) generators are not supported")
-    return NetworkSpec(kind=kind, arch=arch, state=state)
+    dict as pickled (the names are already ours). Errors name the entry."""
+    try:
+        if rec.class_name == "Generator":
+            arch = generator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
+            kind = KIND_GENERATOR
+        elif rec.class_name == "Discriminator":
+            arch = discriminator_arch_from_nvidia(rec.init_kwargs, rec.init_args)
+            kind = KIND_DISCRIMINATOR
+        else:
+            raise CheckpointError(f"it is a {rec.class_name!r:.60}, not a StyleGAN2 network")
+        state = dict(rec.state_dict())
+        if any(name.startswith("synthesis.input.") for name in state):
+            raise CheckpointError("StyleGAN3 (alias-free) generators are not supported")
+        spec = NetworkSpec(kind=kind, arch=arch, state=state)
+        spec.check()
+    except (CheckpointError, CorruptPickleError) as e:
+        raise CheckpointError(f"snapshot entry {key!r}: {e}") from None
+    return spec
 
 
 def networks_from_nvidia(obj: Mapping[str, Any]) -> dict[str, NetworkSpec]:
@@ -409,9 +438,11 @@ def _estimate_w_avg(G: Generator, state: dict[str, torch.Tensor]) -> torch.Tenso
 
 
 def _rosinality_generator(sd: Any, latent_avg: Any, what: str) -> NetworkSpec:
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"rosinality entry {what!r} is not a state dict of tensors")
-    sd = {str(k): v for k, v in sd.items()}
+    if not isinstance(sd, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
+        raise CheckpointError(f"rosinality entry {what!r} is not a state dict of named tensors")
+    sd = dict(sd)
     styles = _indices(sd, r"style\.(\d+)\.weight")
     if not styles or styles != list(range(1, len(styles) + 1)):
         raise CheckpointError(
@@ -441,7 +472,7 @@ def _rosinality_generator(sd: Any, latent_avg: Any, what: str) -> NetworkSpec:
         num_fp16_res=0,
         conv_clamp=None,
     )
-    G = _build(Generator, arch, what)
+    G = _build(Generator, arch, what, sd)
     rules = _rosinality_rules(styles, resolutions)
     tensors: dict[str, Any] = dict(sd)
     source: dict[str, Any] = {}
@@ -540,7 +571,10 @@ def _tf_variables(rec: TFNetworkRecord, what: str) -> dict[str, np.ndarray]:
             f"{what}: TensorFlow network version {rec.version} predates StyleGAN2 "
             "(StyleGAN1 pickles are not supported)"
         )
-    tensors = rec.all_variables()
+    try:
+        tensors = rec.all_variables()
+    except CorruptPickleError as e:
+        raise CheckpointError(f"{what}: {e}") from None
     for name, a in tensors.items():
         if np.asarray(a).dtype.kind != "f":
             raise CheckpointError(f"{what}: variable {name} is not floating point")
@@ -570,7 +604,7 @@ def _resample_filter(kernel: Any) -> list[float]:
 def _check_resolution(kwargs: Mapping[str, Any], res: int, what: str) -> None:
     if kwargs.get("resolution", res) != res:
         raise CheckpointError(
-            f"{what}: static resolution {kwargs['resolution']} but layers up to {res}"
+            f"{what}: static resolution {kwargs['resolution']!r:.40} but layers up to {res}"
         )
 
 
@@ -607,7 +641,7 @@ def _tf_generator(rec: TFNetworkRecord, what: str) -> NetworkSpec:
     )
     if mkw.get("label_size", c_dim) != c_dim:
         raise CheckpointError(
-            f"{what}: label_size {mkw['label_size']} but the label embedding takes {c_dim}"
+            f"{what}: label_size {mkw['label_size']!r:.40} but the label embedding takes {c_dim}"
         )
     hidden = first[1] if n > 1 else w_dim
 
@@ -619,28 +653,33 @@ def _tf_generator(rec: TFNetworkRecord, what: str) -> NetworkSpec:
         channels[res] = _shape(v, f"synthesis/{res}x{res}/Conv1/weight", what, 4)[3]
     base, cmax = infer_channel_base_max(channels)
     beta = kw.get("dlatent_avg_beta", 0.995)
-    arch = dict(
-        z_dim=first[0] - embed,
-        c_dim=c_dim,
-        w_dim=w_dim,
-        img_resolution=top,
-        img_channels=_shape(v, f"synthesis/{top}x{top}/ToRGB/weight", what, 4)[3],
-        mapping_layers=n,
-        mapping_embed_features=embed if c_dim and embed != w_dim else None,
-        mapping_layer_features=hidden if hidden != w_dim else None,
-        mapping_activation=_check_activation(mkw.get("mapping_nonlinearity", "lrelu"), what),
-        mapping_lr_multiplier=float(mkw.get("mapping_lrmul", 0.01)),
-        w_avg_beta=float(beta) if beta is not None else 1.0,  # TF None = never update
-        architecture=skw.get("architecture", "skip"),
-        channel_base=base,
-        channel_max=cmax,
-        num_fp16_res=0,
-        conv_clamp=skw.get("conv_clamp"),
-        resample_filter=_resample_filter(skw.get("resample_kernel", list(DEFAULT_FILTER))),
-        use_noise=bool(skw.get("use_noise", True)),
-        activation=_check_activation(skw.get("nonlinearity", "lrelu"), what),
-    )
-    G = _build(Generator, arch, what)
+    try:  # static_kwargs are data from the file: any type may turn up
+        arch = dict(
+            z_dim=first[0] - embed,
+            c_dim=c_dim,
+            w_dim=w_dim,
+            img_resolution=top,
+            img_channels=_shape(v, f"synthesis/{top}x{top}/ToRGB/weight", what, 4)[3],
+            mapping_layers=n,
+            mapping_embed_features=embed if c_dim and embed != w_dim else None,
+            mapping_layer_features=hidden if hidden != w_dim else None,
+            mapping_activation=_check_activation(mkw.get("mapping_nonlinearity", "lrelu"), what),
+            mapping_lr_multiplier=float(mkw.get("mapping_lrmul", 0.01)),
+            w_avg_beta=float(beta) if beta is not None else 1.0,  # TF None = never update
+            architecture=skw.get("architecture", "skip"),
+            channel_base=base,
+            channel_max=cmax,
+            num_fp16_res=0,
+            conv_clamp=skw.get("conv_clamp"),
+            resample_filter=_resample_filter(skw.get("resample_kernel", list(DEFAULT_FILTER))),
+            use_noise=bool(skw.get("use_noise", True)),
+            activation=_check_activation(skw.get("nonlinearity", "lrelu"), what),
+        )
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{what}: static_kwargs hold a value of the wrong type ({e})"
+        ) from None
+    G = _build(Generator, arch, what, v)
 
     rules: dict[str, _Rule] = {
         "mapping.w_avg": ("dlatent_avg", _tf_same),
@@ -702,7 +741,7 @@ def _tf_discriminator(rec: TFNetworkRecord, what: str) -> NetworkSpec:
         layer_features = _shape(v, "Mapping0/weight", what, 2)[1] if maps else None
         if kw.get("nonlinearity", "lrelu") != "lrelu":
             raise CheckpointError(
-                f"{what}: label mapping with activation {kw['nonlinearity']!r} is unsupported"
+                f"{what}: label mapping with activation {kw['nonlinearity']!r:.40} is unsupported"
             )
     elif out_features != 1:
         raise CheckpointError(
@@ -711,33 +750,38 @@ def _tf_discriminator(rec: TFNetworkRecord, what: str) -> NetworkSpec:
         )
     if kw.get("label_size", c_dim) != c_dim:
         raise CheckpointError(
-            f"{what}: label_size {kw['label_size']} but the label embedding takes {c_dim}"
+            f"{what}: label_size {kw['label_size']!r:.40} but the label embedding takes {c_dim}"
         )
     # StyleGAN2's D_stylegan2 groups 4 samples by default, StyleGAN2-ADA's D_main the whole batch.
     group = kw.get("mbstd_group_size", None if rec.build_func_name == "D_main" else 4)
-    arch = dict(
-        c_dim=c_dim,
-        img_resolution=top,
-        img_channels=_shape(v, f"{top}x{top}/FromRGB/weight", what, 4)[2],
-        architecture=kw.get("architecture", "resnet"),
-        channel_base=base,
-        channel_max=cmax,
-        num_fp16_res=0,
-        conv_clamp=kw.get("conv_clamp"),
-        cmap_dim=out_features if c_dim and out_features != channels[4] else None,
-        activation=_check_activation(kw.get("nonlinearity", "lrelu"), what),
-        resample_filter=_resample_filter(kw.get("resample_kernel", list(DEFAULT_FILTER))),
-        mbstd_group_size=int(group) if group is not None else None,
-        mbstd_num_channels=conv4[2] - conv4[3],
-        mapping_layers=len(maps),
-        mapping_embed_features=embed if c_dim and embed != out_features else None,
-        mapping_layer_features=layer_features
-        if layer_features not in (None, out_features)
-        else None,
-        mapping_lr_multiplier=float(kw.get("mapping_lrmul", 0.1)),
-        freeze_layers=int(kw.get("freeze_layers", 0)),
-    )
-    D = _build(Discriminator, arch, what)
+    try:  # static_kwargs are data from the file: any type may turn up
+        arch = dict(
+            c_dim=c_dim,
+            img_resolution=top,
+            img_channels=_shape(v, f"{top}x{top}/FromRGB/weight", what, 4)[2],
+            architecture=kw.get("architecture", "resnet"),
+            channel_base=base,
+            channel_max=cmax,
+            num_fp16_res=0,
+            conv_clamp=kw.get("conv_clamp"),
+            cmap_dim=out_features if c_dim and out_features != channels[4] else None,
+            activation=_check_activation(kw.get("nonlinearity", "lrelu"), what),
+            resample_filter=_resample_filter(kw.get("resample_kernel", list(DEFAULT_FILTER))),
+            mbstd_group_size=int(group) if group is not None else None,
+            mbstd_num_channels=conv4[2] - conv4[3],
+            mapping_layers=len(maps),
+            mapping_embed_features=embed if c_dim and embed != out_features else None,
+            mapping_layer_features=layer_features
+            if layer_features not in (None, out_features)
+            else None,
+            mapping_lr_multiplier=float(kw.get("mapping_lrmul", 0.1)),
+            freeze_layers=int(kw.get("freeze_layers", 0)),
+        )
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{what}: static_kwargs hold a value of the wrong type ({e})"
+        ) from None
+    D = _build(Discriminator, arch, what, v)
 
     rules: dict[str, _Rule] = {}
 

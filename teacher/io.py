@@ -48,6 +48,7 @@ from teacher.spec import (
     KIND_SNAPSHOT,
     CheckpointError,
     NetworkSpec,
+    show_value,
 )
 
 FORMAT_VERSION = 1
@@ -99,6 +100,11 @@ def read_networks(path: str | os.PathLike) -> dict[str, NetworkSpec]:
                 f"{path}: not a network checkpoint (expected an NVIDIA .pkl, a rosinality .pt "
                 "or a toon-distill .safetensors file)"
             )
+        for key, spec in specs.items():
+            try:
+                spec.check()  # arguments in range, and backed by the stored tensors
+            except CheckpointError as e:
+                raise CheckpointError(f"{key}: {e}") from None
     except CheckpointError as e:
         msg = str(e)
         raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
@@ -144,27 +150,36 @@ def _read_safetensors(path: Path) -> dict[str, NetworkSpec]:
         raise CheckpointError("safetensors file has no 'toon' metadata; not a toon-distill model")
     try:
         info = json.loads(meta["toon"])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError("safetensors 'toon' metadata is not valid JSON") from None
+    if not isinstance(info, dict):
+        raise CheckpointError("safetensors 'toon' metadata is not a JSON object")
     version = info.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise CheckpointError(
-            f"unsupported model format version {version!r} (expected {FORMAT_VERSION})"
+            f"unsupported model format version {show_value(version)} (expected {FORMAT_VERSION})"
         )
-    kind = info.get("kind")
+    kind, arch, source = info.get("kind"), info.get("arch"), info.get("source", {})
+    if not isinstance(source, dict):
+        raise CheckpointError("safetensors 'toon' metadata: source is not a JSON object")
+    if not isinstance(arch, dict):
+        raise CheckpointError("safetensors 'toon' metadata: arch is not a JSON object")
+    # Each arch is held to the schema by NetworkSpec.check in read_networks.
     if kind == KIND_SNAPSHOT:
         specs = {}
-        for key, arch in info["arch"].items():
+        for key, net_arch in arch.items():
+            if key not in ("G", "G_ema", "D"):
+                raise CheckpointError(
+                    f"snapshot metadata names an unknown network {show_value(key)}"
+                )
             prefix = key + "."
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             net_kind = KIND_DISCRIMINATOR if key == "D" else KIND_GENERATOR
-            specs[key] = NetworkSpec(net_kind, dict(arch), sub, source=info.get("source", {}))
+            specs[key] = NetworkSpec(net_kind, net_arch, sub, source=dict(source))
         return specs
     if kind not in (KIND_GENERATOR, KIND_DISCRIMINATOR):
-        raise CheckpointError(f"file holds a {kind!r}, not a teacher network")
-    spec = NetworkSpec(
-        kind=kind, arch=dict(info["arch"]), state=state, source=info.get("source", {})
-    )
+        raise CheckpointError(f"file holds a {show_value(kind)}, not a teacher network")
+    spec = NetworkSpec(kind=kind, arch=arch, state=state, source=dict(source))
     return {"G_ema" if kind == KIND_GENERATOR else "D": spec}
 
 

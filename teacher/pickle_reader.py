@@ -11,11 +11,20 @@ Results:
   :class:`PersistentRecord` objects (class name, constructor kwargs, state dict of tensors).
 - TensorFlow-era snapshots give tuples of :class:`TFNetworkRecord` (name, static kwargs,
   components, variables as numpy arrays).
+
+Whitelisted is not trusted either: a small pickle can still describe a lot of work (memoised
+references make ``[x, x]`` nested 40 times a 2**40-item tree; one storage can back any number of
+tensors). The reader bounds it: constructor arguments are at most :data:`MAX_DEPTH` levels and
+:data:`MAX_VALUES` values when expanded, module trees at most :data:`MAX_DEPTH` levels and
+:data:`MAX_ENTRIES` entries, and the bytes of storages (and of the tensors cut from them) at
+most the size of the file (twice that, plus 1 MiB, for tensors). Past a bound the result is a
+:class:`CorruptPickleError`, never a ``RecursionError`` or an allocation the file cannot back.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 from collections import OrderedDict
@@ -34,6 +43,13 @@ class UnsafePickleError(pickle.UnpicklingError, ToonError):
 
 class CorruptPickleError(pickle.UnpicklingError, ToonError):
     """The pickle is truncated or malformed."""
+
+
+MAX_DEPTH = 32  # nesting of constructor arguments, of module and of TF component trees
+MAX_VALUES = 10_000  # values (and 64-character string chunks) in expanded constructor arguments
+MAX_ENTRIES = 100_000  # parameters, buffers and submodules visited in one module tree
+TENSOR_SLACK_BYTES = 1 << 20  # tensor bytes allowed beyond twice the storage bytes
+MAX_NUMPY_PREALLOC = 1 << 16  # elements numpy's _reconstruct may allocate before BUILD
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,11 +81,17 @@ class PersistentRecord:
 
     @property
     def init_args(self) -> tuple:
-        return tuple(self.state.get("_init_args", ()))
+        args = self.state.get("_init_args", ())
+        if not isinstance(args, (tuple, list)):
+            raise CorruptPickleError(f"_init_args is {_kind(args)}, expected a tuple")
+        return tuple(_plain(args, "_init_args"))
 
     @property
     def init_kwargs(self) -> dict:
-        return _plain(self.state.get("_init_kwargs", {}))
+        kwargs = self.state.get("_init_kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise CorruptPickleError(f"_init_kwargs is {_kind(kwargs)}, expected a dict")
+        return _plain(kwargs, "_init_kwargs")
 
     def state_dict(self) -> OrderedDict[str, torch.Tensor]:
         """Walk ``_parameters``, ``_buffers`` and ``_modules`` like ``nn.Module.state_dict``."""
@@ -106,48 +128,133 @@ class TFNetworkRecord:
             raise CorruptPickleError("TensorFlow network record without variables")
         self.version = int(state.get("version", 0))
         self.name = str(state.get("name", ""))
-        self.static_kwargs = _plain(state.get("static_kwargs", {}))
-        self.components = dict(state.get("components", {}))
+        self.static_kwargs = _plain(state.get("static_kwargs", {}), "static_kwargs")
+        components = state.get("components", {})
+        variables = state["variables"]
+        if not isinstance(components, dict) or not isinstance(variables, (list, tuple)):
+            raise CorruptPickleError("TensorFlow network record with malformed components")
+        self.components = dict(components)
         self.build_module_src = str(state.get("build_module_src", ""))
         self.build_func_name = str(state.get("build_func_name", ""))
-        self.variables = {str(k): np.asarray(v) for k, v in state["variables"]}
+        self.variables = {}
+        for item in variables:
+            if (
+                not isinstance(item, (list, tuple))
+                or len(item) != 2
+                or not isinstance(item[0], str)
+                or not isinstance(item[1], (np.ndarray, np.generic))
+            ):
+                raise CorruptPickleError("TensorFlow variable that is not a (name, array) pair")
+            self.variables[item[0]] = np.asarray(item[1])
 
     def all_variables(self, prefix: str = "") -> dict[str, np.ndarray]:
-        """Own variables plus those of components, as ``component/var`` names."""
-        out = {prefix + k: v for k, v in self.variables.items()}
-        for cname, comp in self.components.items():
-            if isinstance(comp, TFNetworkRecord):
-                out.update(comp.all_variables(prefix + cname + "/"))
+        """Own variables plus those of components, as ``component/var`` names.
+
+        Components form a tree of at most :data:`MAX_DEPTH` levels; a component that contains
+        itself, or a tree deeper than that, is a :class:`CorruptPickleError`."""
+        out: dict[str, np.ndarray] = {}
+        todo: list[tuple[TFNetworkRecord, str, int]] = [(self, prefix, 0)]
+        seen: set[int] = set()
+        while todo:
+            rec, pre, depth = todo.pop()
+            if id(rec) in seen or depth > MAX_DEPTH:
+                raise CorruptPickleError(
+                    f"TensorFlow components at {pre or '/'!r:.80} repeat or nest too deep"
+                )
+            seen.add(id(rec))
+            out.update({pre + k: v for k, v in rec.variables.items()})
+            if len(out) > MAX_ENTRIES:
+                raise CorruptPickleError(f"TensorFlow network has over {MAX_ENTRIES} variables")
+            for cname, comp in rec.components.items():
+                if isinstance(comp, TFNetworkRecord):
+                    todo.append((comp, f"{pre}{cname}/", depth + 1))
         return out
 
 
-def _plain(obj: Any) -> Any:
-    """Turn EasyDicts, OrderedDicts, numpy scalars and tuples into JSON-like Python values."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+def _kind(obj: Any) -> str:
+    """``a list``, ``an int``: the type of a value, for messages that must not print it."""
+    name = type(obj).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _plain(obj: Any, what: str = "value") -> Any:
+    """Turn EasyDicts, OrderedDicts, numpy scalars and tuples into JSON-like Python values.
+
+    Bounded: at most :data:`MAX_DEPTH` levels and :data:`MAX_VALUES` values after expansion
+    (each shared reference counts every time it is reached; strings count one per 64
+    characters), so memoised ``[x, x]`` chains and self-references end in a
+    :class:`CorruptPickleError` naming ``what`` instead of exponential work or a
+    ``RecursionError``. Dict keys must be strings or numbers.
+    """
+    budget = [MAX_VALUES]
+
+    def walk(o: Any, depth: int) -> Any:
+        budget[0] -= 1 + (len(o) // 64 if isinstance(o, (str, bytes)) else 0)
+        if budget[0] < 0:
+            raise CorruptPickleError(
+                f"{what} expand to more than {MAX_VALUES} values (shared or repeated references)"
+            )
+        if depth > MAX_DEPTH:
+            raise CorruptPickleError(
+                f"{what} nest deeper than {MAX_DEPTH} levels (or refer to themselves)"
+            )
+        if isinstance(o, dict):
+            out = {}
+            for k, v in o.items():
+                if isinstance(k, np.generic):
+                    k = k.item()
+                if not isinstance(k, (str, int, float)):
+                    raise CorruptPickleError(f"{what} have a key that is {_kind(k)}")
+                out[str(k)] = walk(v, depth + 1)
+            return out
+        if isinstance(o, (list, tuple)):
+            return [walk(v, depth + 1) for v in o]
+        if isinstance(o, np.generic):
+            return o.item()
+        return o
+
+    return walk(obj, 0)
 
 
 def _walk_module_state(state: dict, prefix: str, out: dict) -> None:
-    skip = set(state.get("_non_persistent_buffers_set", ()) or ())
-    for kind in ("_parameters", "_buffers"):
-        for name, value in (state.get(kind) or {}).items():
-            if value is None or (kind == "_buffers" and name in skip):
+    """Collect the tensors of a module tree, like ``nn.Module.state_dict``, iteratively.
+
+    Bounded by :data:`MAX_DEPTH` levels and :data:`MAX_ENTRIES` entries; a module that
+    contains itself is a :class:`CorruptPickleError`."""
+    todo: list[tuple[dict, str, int, frozenset[int]]] = [(state, prefix, 0, frozenset())]
+    entries = 0
+    while todo:
+        st, pre, depth, above = todo.pop()
+        if depth > MAX_DEPTH or id(st) in above:
+            raise CorruptPickleError(
+                f"module {pre.rstrip('.')!r:.80} contains itself or nests too deep"
+            )
+        above = above | {id(st)}
+        groups = [st.get(key) or {} for key in ("_parameters", "_buffers", "_modules")]
+        skip = st.get("_non_persistent_buffers_set", ()) or ()
+        if not all(isinstance(g, dict) for g in groups) or not isinstance(skip, (set, list, tuple)):
+            raise CorruptPickleError(f"module {pre.rstrip('.')!r:.80} has malformed state")
+        params, buffers, modules = groups
+        entries += len(params) + len(buffers) + len(modules)
+        if entries > MAX_ENTRIES:
+            raise CorruptPickleError(f"module tree has over {MAX_ENTRIES} entries")
+        skip = {k for k in skip if isinstance(k, str)}
+        for kind, group in (("_parameters", params), ("_buffers", buffers)):
+            for name, value in group.items():
+                if value is None or (kind == "_buffers" and name in skip):
+                    continue
+                if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+                    raise CorruptPickleError(f"{pre}{name!s:.80} is not a named tensor")
+                out[pre + name] = value
+        subs = []
+        for name, sub in modules.items():
+            if sub is None:
                 continue
-            if not isinstance(value, torch.Tensor):
-                raise CorruptPickleError(f"{prefix}{name} is not a tensor")
-            out[prefix + name] = value
-    for name, sub in (state.get("_modules") or {}).items():
-        if sub is None:
-            continue
-        sub_state = sub.state if isinstance(sub, (PersistentRecord, ModuleRecord)) else None
-        if sub_state is None:
-            raise CorruptPickleError(f"submodule {prefix}{name} is not a module record")
-        _walk_module_state(sub_state, f"{prefix}{name}.", out)
+            sub_state = sub.state if isinstance(sub, (PersistentRecord, ModuleRecord)) else None
+            if not isinstance(name, str) or not isinstance(sub_state, dict):
+                raise CorruptPickleError(f"submodule {pre}{name!s:.80} is not a module record")
+            subs.append((sub_state, f"{pre}{name}.", depth + 1, above))
+        todo.extend(reversed(subs))  # depth first, in order, like nn.Module.state_dict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +338,11 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype_code: Any) -> np.ndarray:
     if subtype is not np.ndarray:
         raise UnsafePickleError("only plain numpy arrays are allowed")
+    # numpy pickles ``_reconstruct(ndarray, (0,), b'b')`` and sets the real shape and data in
+    # the BUILD step (from bytes in the file); a large shape here would allocate from nothing.
+    dims = shape if isinstance(shape, (tuple, list)) else (shape,)
+    if not all(isinstance(d, int) and d >= 0 for d in dims) or math.prod(dims) > MAX_NUMPY_PREALLOC:
+        raise CorruptPickleError("numpy array reconstructed with an unexpected shape")
     return np.ndarray.__new__(np.ndarray, shape, dtype_code)
 
 
@@ -305,10 +417,48 @@ _TORCH_MODULE_CLASSES = {
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only whitelisted globals; everything else is refused."""
+    """Unpickler that resolves only whitelisted globals; everything else is refused.
+
+    ``max_storage_bytes`` (the file size, for :func:`restricted_load`) bounds the bytes of all
+    tensor storages read: one memoised blob rebuilt many times cannot multiply memory. Tensors
+    cut from storages may together hold at most twice those bytes plus
+    :data:`TENSOR_SLACK_BYTES` (views of one storage are copied)."""
+
+    def __init__(self, file: BinaryIO, max_storage_bytes: int | None = None) -> None:
+        super().__init__(file)
+        self.max_storage_bytes = max_storage_bytes
+        self.storage_bytes = 0
+        self.tensor_bytes = 0
+
+    def _load_from_bytes(self, blob: Any) -> torch.Tensor:
+        storage = _load_from_bytes(blob)
+        self.storage_bytes += storage.numel() * storage.element_size()
+        if self.max_storage_bytes is not None and self.storage_bytes > self.max_storage_bytes:
+            raise CorruptPickleError(
+                "tensor storages add up to more bytes than the file holds (repeated storages)"
+            )
+        return storage
+
+    def _rebuild_tensor_v2(self, storage: Any, *args: Any) -> torch.Tensor:
+        if self.max_storage_bytes is not None and isinstance(storage, torch.Tensor):
+            size = args[1] if len(args) > 1 else ()
+            try:
+                numel = math.prod(int(s) for s in size)
+            except (TypeError, ValueError):
+                raise CorruptPickleError("tensor has an invalid shape") from None
+            self.tensor_bytes += numel * storage.element_size()
+            if self.tensor_bytes > 2 * self.storage_bytes + TENSOR_SLACK_BYTES:
+                raise CorruptPickleError(
+                    "tensors add up to more bytes than their storages hold (repeated views)"
+                )
+        return _rebuild_tensor_v2(storage, *args)
 
     def find_class(self, module: str, name: str) -> Any:
         key = (module, name)
+        if key == ("torch.storage", "_load_from_bytes"):
+            return self._load_from_bytes  # ALLOWED's function, with the byte budget
+        if key == ("torch._utils", "_rebuild_tensor_v2"):
+            return self._rebuild_tensor_v2
         if key in ALLOWED:
             return ALLOWED[key]
         if module.startswith("torch.nn.modules.") and name in _TORCH_MODULE_CLASSES:
@@ -331,7 +481,7 @@ class _StorageUnpickler(RestrictedUnpickler):
     """Reads the small pickles inside a legacy ``torch.save`` storage blob."""
 
     def __init__(self, file: BinaryIO) -> None:
-        super().__init__(file)
+        super().__init__(file, max_storage_bytes=len(file.getbuffer()))
         self.storage_refs: dict[str, tuple[torch.dtype, int]] = {}
         self.placeholders: dict[str, _StoragePlaceholder] = {}
 
@@ -396,9 +546,12 @@ def read_legacy_storage(blob: bytes) -> torch.Tensor:
 
 def restricted_load(file: BinaryIO) -> Any:
     """Unpickle ``file`` with :class:`RestrictedUnpickler`, turning low-level errors into
-    :class:`CorruptPickleError`."""
+    :class:`CorruptPickleError`. Storages may add up to at most the bytes left in ``file``."""
+    start = file.tell()
+    size = file.seek(0, io.SEEK_END) - start
+    file.seek(start)
     try:
-        return RestrictedUnpickler(file).load()
+        return RestrictedUnpickler(file, max_storage_bytes=size).load()
     except pickle.UnpicklingError:
         raise
     except (

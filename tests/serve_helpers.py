@@ -53,8 +53,14 @@ class Server:
     """``toon-serve`` in a subprocess on a free loopback port; JSON logs in files."""
 
     def __init__(
-        self, model: Path, workdir: Path, *args: str, env: dict[str, str] | None = None
+        self,
+        model: Path,
+        workdir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        nofile: int | None = None,
     ) -> None:
+        """``nofile``: the server's open-file limit (soft and hard), as a tight container has."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.stdout_path = workdir / "stdout.jsonl"
         self.stderr_path = workdir / "stderr.jsonl"
@@ -67,8 +73,15 @@ class Server:
         cmd += ["--threads", "1", *args]
         self._out = open(self.stdout_path, "wb")  # closed in stop()
         self._err = open(self.stderr_path, "wb")
+        preexec = None
+        if nofile is not None:
+            import resource
+
+            def preexec() -> None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=full_env, stdout=self._out, stderr=self._err
+            cmd, cwd=REPO, env=full_env, stdout=self._out, stderr=self._err, preexec_fn=preexec
         )
         self.url = self._wait_for_port()
         self.wait_ready()

@@ -38,6 +38,7 @@ TORCH_FREE = [
     "common.cli",
     "common.files",
     "common.images",
+    "common.workers",
     "faces.align",
     "faces.detect",
     "faces.image",
@@ -51,6 +52,7 @@ TORCH_FREE = [
     "export.serve_codecs",
     "export.serve_config",
     "export.serve_middleware",
+    "export.serve_net",
     "export.serve_service",
 ]
 

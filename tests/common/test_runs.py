@@ -89,3 +89,26 @@ def test_all_reduce_single_process_is_identity() -> None:
     t = torch.arange(4.0)
     all_reduce_([t], world=1, mean=True)
     assert torch.equal(t, torch.arange(4.0))
+
+
+def test_kimg_bar_lands_exactly_on_its_total(capsys: pytest.CaptureFixture[str]) -> None:
+    """A 1 kimg run in batches of 64 ends at 1024 images: the bar must stop at 1.000 kimg, not
+    overshoot (tqdm's "clamping frac" warning and a negative time remaining)."""
+    import warnings
+
+    from common.runs import kimg_bar
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bar = kimg_bar(1000, 128, "test")  # resumed at 128 images
+        nimg = 128
+        while nimg < 1000:
+            nimg += 64
+            bar.update_to(nimg)
+            assert bar.n == min(nimg, 1000)
+        bar.update_to(nimg - 64)  # never backwards
+        assert bar.n == 1000
+        bar.close()
+    assert not [w for w in caught if "clamping" in str(w.message)]
+    err = capsys.readouterr().err
+    assert "1.000/1.000 kimg" in err and "<-" not in err

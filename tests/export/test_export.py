@@ -244,7 +244,8 @@ def test_infer_error_paths(model, tmp_path, capsys):
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     blank = tmp_path / "blank.png"
     Image.new("RGB", (200, 200), (120, 130, 140)).save(blank)
-    good = shared_file("faces", "obama_small.jpg")
+    good = tmp_path / "obama_small.jpg"  # beside broken.jpg: -o o/ keeps that one folder flat
+    good.write_bytes(shared_file("faces", "obama_small.jpg").read_bytes())
     rc = infer_main(
         [str(bad), str(good), "-o", str(tmp_path / "o"), "--model", str(model), "--device", "cpu"]
     )

@@ -298,6 +298,32 @@ def test_hand_landmarks_give_the_same_crop(astronaut):
     np.testing.assert_allclose(faces[0].quad, ref.quad)
 
 
+def test_hand_landmarks_off_the_photo_or_degenerate_are_refused(astronaut):
+    """Hand landmarks whose face box is mostly outside the photo, or a point, would give a crop
+    of padding (a flat colour); they are refused, and a face at the photo's edge is not."""
+    four = recipe_points(align(astronaut)[0].landmarks)
+    aligner = Aligner(AlignConfig(size=64))
+    for shift, ok in (([-260, 0], False), ([0, 560], False), ([-200, 0], True)):
+        moved = four + shift  # -260: every point left of the photo, the square still overlaps
+        if ok:
+            assert aligner.align(astronaut, landmarks=[moved])[0].source == "manual"
+            continue
+        with pytest.raises(AlignError, match="outside the 512x512 image"):
+            aligner.align(astronaut, landmarks=[moved])
+    point = np.array([[250.0, 250.0], [250.5, 250.0], [250.0, 250.5], [250.5, 250.5]])
+    for lm, match in (
+        (point, "face of"),
+        (np.full((4, 2), 250.0), "degenerate"),
+        (np.array([[1.0, 2.0], [np.inf, 2.0], [1.0, 5.0], [2.0, 5.0]]), "not finite"),
+        (four[:3], "68 or 4 points"),
+        ([["a", "b"]] * 4, "could not convert"),
+    ):
+        with pytest.raises(AlignError, match=match):
+            aligner.align(astronaut, landmarks=[lm])
+    with pytest.raises(AlignError, match="^face 2 of 2: .*outside"):
+        aligner.align(astronaut, landmarks=[four, four + [-260, 0]])
+
+
 # -- input robustness ---------------------------------------------------------------------------
 
 

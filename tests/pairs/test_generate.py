@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common import workers
 from common.files import file_sha256
 from pairs import photos, shards
 from pairs.cli import main as cli
@@ -34,6 +35,7 @@ from pairs.selection import select_shards
 from pairs.shards import PairsError, iter_pairs, read_manifest
 from pairs.verify import verify
 from tests.conftest import REPO, shared_file
+from tests.pairs import procs
 
 COUNT, SHARD, BATCH = 23, 6, 4
 REF = dict(
@@ -296,8 +298,13 @@ def test_killed_run_resumes_to_the_same_dataset(reference, teachers, tmp_path) -
         rec = json.loads(tar.with_suffix(".json").read_text())
         assert file_sha256(tar) == rec["sha256"]
     assert read_manifest(out)["shards"] == []  # killed before its rebuild
-    rep = verify(out)  # verify brings the manifest up to date from the sidecars
-    assert rep.manifest_updated and not rep.ok and rep.stray_temps == temps
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    rep = verify(out)  # a verify writes nothing: it reports the stale manifest
+    assert rep.manifest_stale and not rep.manifest_updated and not rep.ok
+    assert rep.stray_temps == temps
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+    rep = verify(out, update_manifest=True)  # asked to: brings it up to date from the sidecars
+    assert rep.manifest_updated and not rep.manifest_stale and not rep.ok
     assert [s["name"] for s in read_manifest(out)["shards"]] == ["shard-000000.tar"]
 
     assert cli(args) == 0  # the same command again
@@ -333,6 +340,49 @@ def test_interrupt_keeps_finished_shards_and_no_partial_file(
     assert dataset_files(out) == dataset_files(reference)
 
 
+@procs.needs_proc
+def test_encoder_workers_exit_when_the_job_is_killed(teachers, tmp_path) -> None:
+    """kill -9 of a generate job must not leave its (forked) PNG encoder workers behind."""
+    args = _cli_args(teachers, tmp_path / "killed")
+    for flag, value in (("--count", "5000"), ("--shard-size", "500"), ("--workers", "2")):
+        args[args.index(flag) + 1] = value
+    proc = procs.start(args)
+    left = procs.kill_and_check_workers_exit(proc, min_workers=2)
+    assert not left, f"encoder workers {sorted(left)} outlived their killed job"
+
+
+def test_worker_of_a_dead_parent_exits_on_start() -> None:
+    """A worker whose parent is already gone when it starts exits at once (the race the
+    parent-death signal alone would miss)."""
+    code = (
+        "import os; from common.workers import exit_with_parent; "
+        "exit_with_parent(expected_parent=os.getppid() + 1_000_000); print('still here')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
+    assert proc.returncode == workers.EXIT_ORPHANED and b"still here" not in proc.stdout
+
+
+@procs.needs_proc
+@pytest.mark.parametrize("pdeathsig", [True, False], ids=["pdeathsig", "watchdog"])
+def test_each_lifeline_alone_ends_an_orphan(pdeathsig: bool) -> None:
+    """The Linux parent-death signal and the portable watchdog thread each end a worker whose
+    parent was killed."""
+    interval = 3600 if pdeathsig else 0.1  # pdeathsig alone: the watchdog would be too late
+    code = (
+        "import os, time\n"
+        "from common.workers import exit_with_parent\n"
+        "parent = os.getpid()\n"
+        "if os.fork() == 0:\n"
+        f"    exit_with_parent(parent, pdeathsig={pdeathsig}, interval={interval})\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    assert not procs.kill_and_check_workers_exit(proc, min_workers=1)
+
+
 def test_verify_reports_corrupt_and_missing_shards_and_rerun_repairs(
     reference, teachers, tmp_path, capsys
 ) -> None:
@@ -360,6 +410,27 @@ def test_verify_reports_corrupt_and_missing_shards_and_rerun_repairs(
     assert res.written == [2, 3] and res.skipped == [0, 1]
     assert dataset_files(out) == dataset_files(reference)
     assert cli(["verify", str(out), "--deep"]) == 0
+
+
+def test_verify_writes_nothing_unless_asked(reference, tmp_path, capsys) -> None:
+    """``toon-pairs verify`` is read-only: a manifest that lags its sidecars is reported (exit
+    1), and only ``--update-manifest`` rewrites it."""
+    out = tmp_path / "stale"
+    shutil.copytree(reference, out)
+    man = json.loads((out / "manifest.json").read_text())
+    man["shards"], man["complete"], man["finished_count"] = man["shards"][:2], False, 12
+    (out / "manifest.json").write_text(json.dumps(man))
+    snapshot = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    for args in (["verify", str(out)], ["verify", str(out), "--json"]):
+        assert cli(args) == 1
+        assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == snapshot
+    text = capsys.readouterr().out
+    assert "verify --update-manifest" in text and '"manifest_stale": true' in text
+    assert "NOT OK: 4/4 shards intact" in text
+    assert cli(["verify", str(out), "--update-manifest"]) == 0
+    assert "brought up to date" in capsys.readouterr().out
+    assert dataset_files(out) == dataset_files(reference)
+    assert cli(["verify", str(out)]) == 0
 
 
 def test_changed_settings_or_layout_are_refused(reference, teachers, tmp_path, capsys) -> None:

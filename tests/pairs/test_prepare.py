@@ -4,6 +4,7 @@ options and the CLI's errors. Images are built from skimage's astronaut (one fac
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 import pairs.prepare
 from pairs.cli import main
 from pairs.prepare import archive_name
+from tests.pairs import procs
 
 S = 256
 
@@ -223,3 +225,130 @@ def test_cli_usage_and_errors(folder, tmp_path, capsys):
     assert cfg["align"]["detector"] == "hog+cnn" and cfg["align"]["min_face_size"] == 64
     assert cfg["all_faces"] is False and cfg["align"]["size"] == S
     assert not (tmp_path / "o.zip").exists()
+
+
+def test_hand_landmarks_off_the_image_are_an_error_for_that_file(folder, tmp_path, capsys):
+    """Landmarks that put the face outside the image (or make it a point) would give a flat
+    crop of padding: that file is an error naming it, and the job goes on."""
+    good = {"eye_left": [30, 40], "eye_right": [66, 40], "mouth_left": [36, 76]}
+    good["mouth_right"] = [60, 76]
+    # Just left of the image: the FFHQ square still overlaps it, so the crop would be padding.
+    outside = {k: [x - 110, y] for k, (x, y) in good.items()}
+    point = {k: [48.0, 50.0 + 0.01 * i] for i, k in enumerate(good)}
+    lm = tmp_path / "landmarks.json"
+    lm.write_text(json.dumps({"d_noface.png": outside, "nested/c_rgba.png": point}))
+    out = tmp_path / "game.zip"
+    assert run(folder, out, "--landmarks", lm) == 0
+    cap = capsys.readouterr()
+    by = {f["file"]: f for f in json.loads((tmp_path / "game.report.json").read_text())["files"]}
+    assert by["d_noface.png"]["status"] == "error"
+    assert by["d_noface.png"]["reason"].startswith("d_noface.png: hand landmarks refused: ")
+    assert "outside the 96x96 image" in by["d_noface.png"]["reason"]
+    assert by["nested/c_rgba.png"]["status"] == "error"
+    assert "face of" in by["nested/c_rgba.png"]["reason"]
+    assert by["a_astro.png"]["status"] == "ok" and len(read_zip(out)) == 3  # the rest goes on
+    err = cap.err.strip().splitlines()
+    assert any(e.startswith("toon-pairs: d_noface.png: hand landmarks refused") for e in err)
+    assert any(e.startswith("toon-pairs: nested/c_rgba.png: hand landmarks refused") for e in err)
+    assert "errors: 3" in cap.out  # with e_broken.jpg
+
+    # Mostly inside is fine (a face at the edge of the photo), and fixing the entry redoes it.
+    edge = {k: [x - 30, y] for k, (x, y) in good.items()}
+    lm.write_text(json.dumps({"d_noface.png": edge}))
+    assert run(folder, out, "--landmarks", lm) == 0
+    by = {f["file"]: f for f in json.loads((tmp_path / "game.report.json").read_text())["files"]}
+    assert by["d_noface.png"]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ('{"d_noface.png": [[1, 2], [3, NaN], [5, 6], [7, 8]]}', "finite"),
+        ('{"d_noface.png": [[1, 2], [3, 1e999], [5, 6], [7, 8]]}', "finite"),
+        ('{"d_noface.png": [[1, 2], [3, 1' + "0" * 400 + "], [5, 6], [7, 8]]}", "points"),
+        ('{"d_noface.png": [[1, 2], [3, 4], [5, 6]]}', "4 or 68"),
+        ('{"d_noface.png": [[[1, 2], [3, 4], [5, 6], [7, 8]], [[1, 2]]]}', "4 or 68"),
+        ('{"d_noface.png": []}', "non-empty"),
+    ],
+    ids=["nan", "inf", "huge-int", "3-points", "second-face-1-point", "empty"],
+)
+def test_malformed_hand_landmarks_are_refused_up_front(folder, tmp_path, capsys, text, what):
+    lm = tmp_path / "landmarks.json"
+    lm.write_text(text)
+    assert run(folder, tmp_path / "x.zip", "--landmarks", lm) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'d_noface.png'" in err[0] and what in err[0], err
+    assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.zip.work").exists()
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob(".*") if p.name.endswith(".tmp") or "tmp-" in p.name)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(folder, tmp_path, capsys):
+    """OUT a folder named .zip, a foreign folder, a report path that is a folder, OUT under a
+    file: one line, and nothing written (no work folder, no report, no temporary file)."""
+    (tmp_path / "x.zip").mkdir()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("precious")
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "rep").mkdir()
+    cases = [
+        ([tmp_path / "x.zip"], "x.zip exists and is not a file"),
+        ([foreign], "not a dataset folder written by toon-pairs"),
+        ([tmp_path / "y.zip", "--report", tmp_path / "rep"], "is a folder"),
+        ([tmp_path / "afile" / "z.zip"], "is a file, not a folder"),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, what in cases:
+        assert run(folder, *args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("toon-pairs: error: ") and what in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not _leftovers(tmp_path) and not list((tmp_path / "x.zip").iterdir())
+    assert (foreign / "keep.txt").read_text() == "precious"
+
+
+def test_a_failed_folder_swap_leaves_the_old_dataset_and_no_temporary(
+    folder, tmp_path, monkeypatch
+):
+    out = tmp_path / "game"
+    assert run(folder, out) == 0
+    first = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    real = pairs.prepare.os.replace
+
+    calls = []
+
+    def failing(src, dst):  # the new folder's rename into place fails, the restore works
+        if Path(dst) == out and not calls:
+            calls.append(src)
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(pairs.prepare.os, "replace", failing)
+    assert run(folder, out, "--size", "128") == 1
+    monkeypatch.setattr(pairs.prepare.os, "replace", real)
+    assert calls and sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".game.")]
+
+
+def test_align_workers_are_tied_to_the_job(monkeypatch):
+    """The pool initializer makes each worker end with the job before loading the models."""
+    calls: list = []
+    monkeypatch.setattr(pairs.prepare, "exit_with_parent", lambda *a: calls.append(a))
+    monkeypatch.setattr(pairs.prepare, "_init_worker", calls.append)
+    pairs.prepare._init_pool_worker("cfg", 123, None)
+    assert calls == [(None, 123), "cfg"]
+
+
+@procs.needs_proc
+def test_align_workers_exit_when_the_job_is_killed(tmp_path, astronaut):
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(astronaut).save(d / "a000.png")
+    for i in range(1, 60):
+        os.link(d / "a000.png", d / f"a{i:03d}.png")
+    proc = procs.start(["align", str(d), str(tmp_path / "x.zip"), "--quiet", "--workers", "2"])
+    left = procs.kill_and_check_workers_exit(proc, min_workers=3)  # forkserver + 2 workers
+    assert not left, f"align workers {sorted(left)} outlived their killed job"

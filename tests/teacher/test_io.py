@@ -42,9 +42,17 @@ class _Persistent:
         return (self.fn, (self.meta,))
 
 
-def write_snapshot(path: Path, nets: dict, module_src: str = "# src\n") -> None:
+def write_snapshot(
+    path: Path,
+    nets: dict,
+    module_src: str = "# src\n",
+    protocol: int = 4,
+    state_overrides: dict | None = None,
+) -> None:
     """Write ``{key: (class_name, init_kwargs, nn.Module)}`` the way NVIDIA snapshots are laid
-    out: persistent records whose state holds ``_parameters``/``_buffers`` of flat tensors."""
+    out: persistent records whose state holds ``_parameters``/``_buffers`` of flat tensors.
+    ``state_overrides`` replace entries of every record's state (``_modules``, ``_init_args``);
+    protocol 2 writes no frames, so tests can splice opcodes into the bytes."""
     pkg = types.ModuleType("torch_utils")
     mod = _persistent_module()
     sys.modules["torch_utils"], sys.modules["torch_utils.persistence"] = pkg, mod
@@ -65,12 +73,13 @@ def write_snapshot(path: Path, nets: dict, module_src: str = "# src\n") -> None:
                     "training": False,
                     "_init_args": (),
                     "_init_kwargs": kwargs,
+                    **(state_overrides or {}),
                 },
             }
             data[key] = _Persistent(meta, mod._reconstruct_persistent_obj)
         data.setdefault("augment_pipe", None)
         with open(path, "wb") as f:
-            pickle.dump(data, f, protocol=4)
+            pickle.dump(data, f, protocol=protocol)
     finally:
         del sys.modules["torch_utils"], sys.modules["torch_utils.persistence"]
 
