@@ -1253,8 +1253,13 @@ def render_photo_scene(
     rng: np.random.Generator | int | None = None,
     *,
     supersample: int = 2,
+    style: str = "photo",
 ) -> tuple[np.ndarray, np.ndarray]:
     """A photo-style face (with shoulders) in a cluttered ``canvas`` = (W, H) photo.
+
+    ``style="game"`` draws the same face in the game style into the same clutter (the same
+    ``rng`` state gives the same scene), without the photo's grain: the ground truth of a
+    toonifier that restyles the person and keeps the rest of the photo.
 
     ``face_box`` (x0, y0, x1, y1) is the square of the canvas, in pixel edges, that the face's
     FFHQ crop covers before the pose jitter (so a 256 crop of it is ``render(params)``'s framing);
@@ -1277,9 +1282,13 @@ def render_photo_scene(
     ss = int(supersample)
     to_ss = np.array([[ss, 0, 0.5 * ss - 0.5], [0, ss, 0.5 * ss - 0.5], [0, 0, 1.0]])
     pt = _Painter(W * ss, H * ss, to_ss @ to_canvas)
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     _clutter(pt, rng)
-    _draw_face(pt, params, "photo", rng)
-    out = _grain(_finish(pt.img, (W, H), ss), rng)
+    _draw_face(pt, params, style, rng)
+    out = _finish(pt.img, (W, H), ss)
+    if style == "photo":
+        out = _grain(out, rng)
     return out, transform_points(to_canvas, _model_landmarks(params))
 
 
