@@ -43,6 +43,7 @@ from faces.warp import ffhq_quad, quad_matrix, transform_points
 
 __all__ = [
     "HAIR_STYLES",
+    "PERSON_PARTS",
     "STYLES",
     "SUPERSAMPLE",
     "FaceParams",
@@ -51,6 +52,7 @@ __all__ = [
     "item_params",
     "landmarks",
     "render",
+    "render_person_mask",
     "render_photo_scene",
     "sample_params",
     "write_dataset",
@@ -1246,6 +1248,31 @@ def _clutter(pt: _Painter, rng: np.random.Generator) -> None:
     pt.img += (big - pt.img) * msk[:, :, None]
 
 
+def _scene_painter(
+    params: FaceParams,
+    canvas: tuple[int, int],
+    face_box: tuple[float, float, float, float] | None,
+    rng: np.random.Generator,
+    ss: int,
+) -> tuple[_Painter, np.ndarray]:
+    """The painter of a scene at ``ss`` times ``canvas`` and the model -> canvas pixel matrix;
+    ``face_box`` None draws it from ``rng`` (three numbers, before anything else)."""
+    W, H = canvas
+    if face_box is None:
+        side = rng.uniform(0.35, 0.6) * min(W, H)
+        x0 = rng.uniform(0, W - side)
+        y0 = rng.uniform(0, H - side)
+        face_box = (x0, y0, x0 + side, y0 + side)
+    x0, y0, x1, y1 = (float(v) for v in face_box)
+    side_x, side_y = x1 - x0, y1 - y0
+    # Unit-square frame -> canvas pixel index.
+    unit = face_frame(params, 1.0)  # model -> index of a 1-px crop: continuous = index + 0.5
+    to_canvas = np.array([[side_x, 0, x0 - 0.5], [0, side_y, y0 - 0.5], [0, 0, 1.0]])
+    to_canvas = to_canvas @ np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]]) @ unit
+    to_ss = np.array([[ss, 0, 0.5 * ss - 0.5], [0, ss, 0.5 * ss - 0.5], [0, 0, 1.0]])
+    return _Painter(W * ss, H * ss, to_ss @ to_canvas), to_canvas
+
+
 def render_photo_scene(
     params: FaceParams,
     canvas: tuple[int, int] = (640, 480),
@@ -1268,20 +1295,8 @@ def render_photo_scene(
     """
     W, H = canvas
     rng = _as_rng(rng, params)
-    if face_box is None:
-        side = rng.uniform(0.35, 0.6) * min(W, H)
-        x0 = rng.uniform(0, W - side)
-        y0 = rng.uniform(0, H - side)
-        face_box = (x0, y0, x0 + side, y0 + side)
-    x0, y0, x1, y1 = (float(v) for v in face_box)
-    side_x, side_y = x1 - x0, y1 - y0
-    # Unit-square frame -> canvas pixel index.
-    unit = face_frame(params, 1.0)  # model -> index of a 1-px crop: continuous = index + 0.5
-    to_canvas = np.array([[side_x, 0, x0 - 0.5], [0, side_y, y0 - 0.5], [0, 0, 1.0]])
-    to_canvas = to_canvas @ np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]]) @ unit
     ss = int(supersample)
-    to_ss = np.array([[ss, 0, 0.5 * ss - 0.5], [0, ss, 0.5 * ss - 0.5], [0, 0, 1.0]])
-    pt = _Painter(W * ss, H * ss, to_ss @ to_canvas)
+    pt, to_canvas = _scene_painter(params, canvas, face_box, rng, ss)
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     _clutter(pt, rng)
@@ -1290,6 +1305,67 @@ def render_photo_scene(
     if style == "photo":
         out = _grain(out, rng)
     return out, transform_points(to_canvas, _model_landmarks(params))
+
+
+PERSON_PARTS = ("person", "head")
+
+
+def render_person_mask(
+    params: FaceParams,
+    canvas: tuple[int, int] = (640, 480),
+    face_box: tuple[float, float, float, float] | None = None,
+    rng: np.random.Generator | int | None = None,
+    *,
+    supersample: int = 2,
+    part: str = "person",
+) -> np.ndarray:
+    """Where the person of ``render_photo_scene(params, canvas, face_box, rng)`` is: an (H, W)
+    float32 coverage in [0, 1] (1: person, 0: clutter; fractional on anti-aliased edges).
+
+    Pass ``rng`` in the same state as for the scene (e.g. a fresh ``item_params(seed, i)``):
+    a random ``face_box`` is drawn from it the same way. ``part="person"`` is everything the
+    scene draws over the clutter (hair, head, neck, shirt); ``"head"`` leaves out the body
+    (neck and shirt): the face, ears and all hair. The coverage is the union over both styles
+    (their outlines differ by the game style's ink lines). Every fill and shade of the
+    drawing is affine in the pixels under it, so drawing over a black and over a white canvas
+    gives the coverage as one minus their difference. The scene's own pixels are unchanged.
+    """
+    if part not in PERSON_PARTS:
+        raise ValueError(f"part must be one of {', '.join(PERSON_PARTS)}, got {part!r}")
+    W, H = canvas
+    rng = _as_rng(rng, params)
+    ss = int(supersample)
+    pt, _ = _scene_painter(params, canvas, face_box, rng, ss)
+    cover = np.zeros((pt.h, pt.w), np.float32)
+    for style in STYLES:
+        layers = []
+        for ground in (0.0, 1.0):
+            pt.img[:] = ground
+            if part == "person":
+                _draw_face(pt, params, style, np.random.default_rng(0))
+            else:
+                _draw_head_only(pt, params, style)
+            layers.append(pt.img.copy())
+        through = np.clip(layers[1] - layers[0], 0.0, 1.0).min(2)
+        cover = np.maximum(cover, 1.0 - through)
+    if ss > 1:
+        cover = cover[: H * ss, : W * ss].reshape(H, ss, W, ss).mean((1, 3))
+    return np.clip(cover, 0.0, 1.0).astype(np.float32)
+
+
+def _draw_head_only(pt: _Painter, p: FaceParams, style: str) -> None:
+    """:func:`_draw_face` without the body (neck, shirt)."""
+    g = _geo(p)
+    hair = _hair_shapes(p, g)
+    _draw_back_hair(pt, p, g, style, hair)
+    _draw_ears(pt, p, g, style)
+    head = _draw_head(pt, p, g, style, None)
+    for side in (-1, 1):
+        _draw_eye(pt, p, g, side, style)
+        _draw_brow(pt, p, g, side, style)
+    _draw_nose(pt, p, g, style)
+    _draw_mouth(pt, p, g, style)
+    _draw_front_hair(pt, p, g, style, hair, head)
 
 
 # -- datasets -----------------------------------------------------------------------------------

@@ -4,6 +4,11 @@
     toon-infer a.jpg b.png dir/ 'x/*.jpg' -o out/
     cat photo.jpg | toon-infer - > toon.png
     toon-infer photo.jpg --crop -o crops/     -> the aligned, toonified face crops
+    toon-infer photo.jpg --paste-mask square  -> paste the whole crop square (the old look)
+
+Paste mode blends each toonified crop into the photo through a soft mask of the person (head,
+hair, neck) drawn from the face's landmarks (:mod:`faces.mask`), so the photo around the person
+stays as it was; ``--paste-mask square`` blends the whole aligned square instead.
 
 The model comes from ``--model``, else ``$TOON_MODEL``, ``./toon.onnx`` or
 ``~/.local/share/toon-distill/toon.onnx``.
@@ -286,7 +291,7 @@ def process(
     if args.crop:
         results = [(outputs[i], i) for i in range(len(faces))]
     else:
-        results = [(paste_back(image, faces, list(outputs)), None)]
+        results = [(paste_back(image, faces, list(outputs), mode=args.paste_mask), None)]
     t4 = time.perf_counter()
     if stdout:
         from PIL import Image
@@ -339,6 +344,7 @@ def _int_range(lo: int, hi: int | None = None):
 
 def build_parser() -> argparse.ArgumentParser:
     from export.runtime import MAX_SIZE, MAX_THREADS, MIN_SIZE
+    from faces.align import PASTE_MODES
     from faces.image import MAX_PIXELS
 
     p = argparse.ArgumentParser(
@@ -374,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="crop",
         action="store_true",
         help="write the aligned toonified face crops instead",
+    )
+    p.add_argument(
+        "--paste-mask",
+        choices=PASTE_MODES,
+        default=PASTE_MODES[0],
+        help="where the toonified crop replaces the photo: person (default: the head, hair and "
+        "neck, from the face's landmarks; the photo around them is kept) or square (the whole "
+        "aligned crop, with a feathered edge)",
     )
     p.add_argument(
         "--max-faces", type=_int_range(1), default=None, help="faces per photo, largest first"

@@ -7,7 +7,8 @@ client holds an upload slot, never a queue slot), a share of the decode budget (
 decoded at once; a request waits for room), decoding (format whitelist, pixel limit) and face
 alignment in a thread pool, the model in
 :class:`MicroBatcher`'s thread (the faces of requests that arrive together share one
-``Toonifier.run``), paste-back and encoding in the pool. The event loop only moves bytes.
+``Toonifier.run``), paste-back (through the person mask, as ``toon-infer`` pastes by
+default) and encoding in the pool. The event loop only moves bytes.
 :func:`export.serve.create_app` wires the handlers into Starlette.
 
 Imports: starlette, numpy, onnxruntime (via ``export.runtime``), dlib (via ``faces.align``).
@@ -47,10 +48,11 @@ from export.serve_codecs import (
 )
 from export.serve_config import ApiKeys, ServeConfig, load_api_keys
 from export.serve_metrics import LoopErrorLog, Metrics
-from faces.align import AlignConfig, Aligner, paste_back
+from faces.align import PASTE_MODES, AlignConfig, Aligner, paste_back
 from faces.image import AlignError
 
 STATIC_DIR = Path(__file__).parent / "static"
+PASTE_MASK = PASTE_MODES[0]  # toon-infer's default paste: the person, not the square
 RETRY_AFTER_S = 1
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -241,7 +243,7 @@ class ToonService:
         """Paste back (or tile the crops) and encode; runs in the thread pool."""
         t0 = time.perf_counter()
         if opts.mode == "paste":
-            image = paste_back(rgb, faces, list(outputs))
+            image = paste_back(rgb, faces, list(outputs), mode=PASTE_MASK)
         else:
             image = np.concatenate(list(outputs), axis=1)
         t1 = time.perf_counter()

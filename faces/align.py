@@ -20,6 +20,7 @@ import numpy as np
 
 from faces.detect import DETECTORS, Detection, FaceDetector
 from faces.image import AlignError, ImageLike, load_image
+from faces.mask import PersonMask, person_mask
 from faces.warp import (
     ffhq_quad,
     ffhq_warp,
@@ -37,9 +38,13 @@ __all__ = [
     "Aligner",
     "align",
     "canonical_points",
+    "PASTE_MODES",
+    "PersonMask",
     "load_image",
     "paste_back",
 ]
+
+PASTE_MODES = ("person", "square")  # paste_back's masks: the head, hair and neck; the square
 
 
 @dataclass(frozen=True)
@@ -216,8 +221,8 @@ class Aligner:
         return self._detector
 
     def load(self) -> Aligner:
-        """Load the models now (a missing model file fails here) and return self."""
-        _ = self.detector
+        """Load the models now (a missing or corrupt model file fails here) and return self."""
+        self.detector.load()
         return self
 
     def warp(
@@ -333,15 +338,23 @@ def paste_back(
     faces: Sequence[AlignedFace],
     outputs: Sequence[np.ndarray],
     *,
+    mode: str = "person",
     feather: float = 0.1,
+    shape: PersonMask | None = None,
 ) -> np.ndarray:
-    """Warp each output crop back into the photo with a feathered mask; returns (H, W, 3|4)
-    uint8 like :func:`load_image` gives (alpha untouched).
+    """Warp each output crop back into the photo; returns (H, W, 3|4) uint8 like
+    :func:`load_image` gives (alpha untouched).
 
     ``outputs[i]`` is an image for ``faces[i]`` (any square size, RGB; extra channels ignored),
-    e.g. the toonified crop. ``feather``: width of the soft edge as a fraction of the crop side
-    (0 gives a hard edge). Pixels outside every face's crop square are returned unchanged.
+    e.g. the toonified crop. ``mode``: ``"person"`` (default) blends through the soft mask of
+    the head, hair and neck drawn from the face's landmarks (:func:`faces.mask.person_mask`,
+    shaped by ``shape``), so the photo around the person stays as it was; ``"square"`` through
+    the whole crop square. Either way the square's edge is feathered over ``feather`` of the
+    crop side (0 gives a hard edge); pixels outside every face's crop square are returned
+    unchanged.
     """
+    if mode not in PASTE_MODES:
+        raise ValueError(f"paste mode must be one of {', '.join(PASTE_MODES)}, got {mode!r}")
     base = load_image(image)
     if len(faces) != len(outputs):
         raise ValueError(f"{len(faces)} faces but {len(outputs)} outputs")
@@ -376,6 +389,11 @@ def paste_back(
         # (o + 0.5) * S / So - 0.5.
         r = face.size / out.shape[0]
         a = np.array([[r, 0, 0.5 * r - 0.5], [0, r, 0.5 * r - 0.5], [0, 0, 1.0]])
-        paste_crop(work, out, to_region @ face.matrix @ a, feather=feather)
+        alpha = None
+        if mode == "person":
+            # The face's landmarks in the output's pixels (output index = (crop + 0.5) / r - 0.5).
+            lm = (face.to_crop(face.landmarks) + 0.5) / r - 0.5
+            alpha = person_mask(lm, out.shape[0], shape)
+        paste_crop(work, out, to_region @ face.matrix @ a, feather=feather, alpha=alpha)
     result[ry0:ry1, rx0:rx1, :3] = np.clip(np.rint(work[:, :, :3]), 0, 255).astype(np.uint8)
     return result

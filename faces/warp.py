@@ -251,12 +251,15 @@ def paste_crop(
     matrix: np.ndarray,
     *,
     feather: float = 0.1,
+    alpha: np.ndarray | None = None,
 ) -> None:
     """Blend ``crop`` (h, w, >=3 uint8) back into ``base`` (H, W, C float32, in place, RGB only).
 
     ``matrix`` maps the crop's pixels to the photo's (for a crop of the same size as the aligned
-    one; see :func:`quad_matrix`). The mask is computed analytically per photo pixel from the
-    inverse map, so pixels it gives 0 are left exactly as they were.
+    one; see :func:`quad_matrix`). The square mask is computed analytically per photo pixel from
+    the inverse map; ``alpha`` (h, w float in [0, 1], over the crop's pixels, e.g.
+    :func:`faces.mask.person_mask`) multiplies it after a bilinear warp. Pixels the product
+    gives 0 are left exactly as they were.
     """
     H, W = base.shape[:2]
     ch, cw = crop.shape[:2]
@@ -270,7 +273,10 @@ def paste_crop(
         return
 
     rgb = np.ascontiguousarray(crop[:, :, :3])
+    if alpha is not None and alpha.shape != (ch, cw):
+        raise ValueError(f"alpha must be {(ch, cw)} like the crop, got {alpha.shape}")
     m = matrix.copy()
+    inv0 = np.linalg.inv(m)  # photo index -> index of the crop as given
     # Shrink the crop first where the face is smaller in the photo than in the crop (no aliasing).
     scale = math.sqrt(abs(np.linalg.det(m[:2, :2])))  # photo pixels per crop pixel
     if scale < 0.75:
@@ -297,6 +303,23 @@ def paste_crop(
     ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
     cx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
     cy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-    mask = crop_mask((cx + 0.5) / cw, (cy + 0.5) / ch, feather).astype(np.float32)[:, :, None]
+    mask = crop_mask((cx + 0.5) / cw, (cy + 0.5) / ch, feather).astype(np.float32)
+    if alpha is not None:
+        mask *= _warp_alpha(alpha, inv0, x0, y0, x1, y1)
+    mask = mask[:, :, None]
     region = base[y0:y1, x0:x1, :3]
     region += (np.asarray(warped, dtype=np.float32) - region) * mask
+
+
+def _warp_alpha(alpha: np.ndarray, inv: np.ndarray, x0: int, y0: int, x1: int, y1: int):
+    """``alpha`` (h, w) over a crop, sampled bilinearly at the photo pixels of the box
+    (x0, y0)-(x1, y1); ``inv`` maps photo index -> crop index. 0 outside the crop."""
+    a = np.ascontiguousarray(alpha, dtype=np.float32)
+    # As in paste_crop: output continuous (X, Y) -> photo index (X - 0.5 + x0, Y - 0.5 + y0);
+    # crop continuous = crop index + 0.5.
+    shift = np.array([[1.0, 0, x0 - 0.5], [0, 1.0, y0 - 0.5], [0, 0, 1.0]])
+    t = np.array([[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1.0]]) @ inv @ shift
+    out = Image.fromarray(a, "F").transform(
+        (int(x1 - x0), int(y1 - y0)), Image.Transform.AFFINE, tuple(t[:2].ravel()), BILINEAR
+    )
+    return np.asarray(out, dtype=np.float32)

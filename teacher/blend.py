@@ -3,9 +3,13 @@
 Pinkney & Adler 2020, "Resolution Dependent GAN Interpolation for Controllable Image Synthesis
 Between Domains": the coarse synthesis blocks of one generator and the fine blocks of another,
 both of the same architecture (typically a base and a model fine-tuned from it), make a new
-generator. In the toonify recipe the fine-tuned game-style model is ``low`` (it gives the coarse
-structure: head shape, proportions) and the realistic base is ``high`` (it gives the fine texture
-and lighting); swapping at a higher resolution keeps more of the game style.
+generator. ``low`` gives the coarse structure (head shape, proportions, pose) and ``high`` the
+fine rendering (texture, colour, lighting, line work); a higher R takes more from ``low``. Both
+directions are useful. ``low`` = base, ``high`` = fine-tuned keeps the base's structure (the
+face's identity) with the game rendering: the README recipe and the demo use it, with
+``mapping_from="low"`` (the base's mapping). ``low`` = fine-tuned, ``high`` = base gives the
+game's structure with realistic rendering: the published toonify way. ``toon-teacher
+blend-search`` (:mod:`teacher.blend_search`) measures both directions at every level.
 
 Name -> resolution map (:func:`block_resolution_of`). Every tensor named ``synthesis.bK.*``
 belongs to resolution K, with no exceptions:
@@ -163,13 +167,15 @@ def blend_generators(
     ``high`` (smoothly with ``width > 0``), the mapping network from ``mapping_from``.
 
     Args:
-        low: generator for the coarse blocks (toonify: the fine-tuned style model).
-        high: generator for the fine blocks (toonify: the realistic base).
+        low: generator for the coarse blocks (recipe and demo: the base; published toonify:
+            the fine-tuned model).
+        high: generator for the fine blocks (recipe and demo: the fine-tuned model; published
+            toonify: the base).
         swap_res: R, 0 or a power of two from 4 to the output resolution; R = resolution gives
             ``low``'s synthesis exactly, R = 0 gives ``high``'s exactly.
         width: 0 (default) for the hard switch, else the sigmoid width in octaves.
-        mapping_from: ``"high"`` (default: in the toonify recipe, the base's mapping and
-            ``w_avg``) or ``"low"``.
+        mapping_from: ``"high"`` (default) or ``"low"``: whose mapping network and ``w_avg``
+            the blend keeps (the recipe and demo: ``"low"``, the base's).
 
     Returns a new generator in eval mode on the parents' device; the parents are not changed.
     Both parents need identical ``arch`` (a ValueError lists the differing fields) and the same

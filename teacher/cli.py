@@ -6,6 +6,7 @@ Subcommands:
   sample --network FILE ...    render seeds to PNGs plus a grid
   blend --low F --high F ...   layer swapping: coarse blocks of one model, fine of the other
   blend-grid --low F ...       one image: seeds x (high, a blend per swap level, low)
+  blend-search --base F --toon F --data D   score every level in both directions, recommend one
   finetune --base F --data D   StyleGAN2-ADA transfer learning with ADA and FreezeD
   project --network F ...      invert photos into the generator (W or W+)
   toonify --base F --blended F the full teacher path for one photo
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from common.cli import run_command
@@ -118,6 +120,79 @@ def cmd_blend_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blend_search(args: argparse.Namespace) -> int:
+    from teacher.blend_search import SearchConfig, run_search
+
+    if args.identity_net is not None and args.identity_threshold is None:
+        raise ValueError(
+            "--identity-net needs --identity-threshold T: the embedding distance above which two "
+            "faces are different people (dlib's 0.6 applies only to dlib descriptors)"
+        )
+    if not 0 <= args.max_changed <= 1:
+        raise ValueError(f"--max-changed must be a share from 0 to 1, got {args.max_changed}")
+    width = args.width
+    if not (width >= 0 and width < float("inf")):
+        raise ValueError(f"--width must be >= 0 (0 = hard switch), got {width}")
+    cfg = SearchConfig(
+        seeds=tuple(parse_seeds(args.seeds)),
+        truncation_psi=args.truncation_psi,
+        mapping_from=args.mapping_from,
+        width=width,
+        identity_threshold=0.6 if args.identity_threshold is None else args.identity_threshold,
+        max_changed=args.max_changed,
+        alternatives=args.alternatives,
+        batch=args.batch,
+    )
+    report, text = run_search(
+        args.base,
+        args.toon,
+        args.data,
+        cfg,
+        args.out,
+        style_net=args.style_net,
+        inception=args.inception,
+        identity_net=args.identity_net,
+        device=pick_device(args.device),
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(text)
+        print(f"wrote report.json, table.md, plot.png and the grids to {args.out}")
+    return 0
+
+
+BLEND_DESCRIPTION = (
+    "Layer swapping: every synthesis block bK with K <= R comes from --low, every block above R "
+    "from --high. Coarse blocks set the structure (head shape, proportions, pose), fine blocks "
+    "the rendering (texture, colour, lighting, line work). Both directions are useful: "
+    "--low BASE --high TOON keeps the base's structure with the fine-tuned model's rendering "
+    "(what the README recipe and the demo use, with --mapping-from low); --low TOON --high BASE "
+    "gives the fine-tuned model's structure with the base's rendering (the published toonify "
+    "way). toon-teacher blend-search measures both at every level and prints the command."
+)
+
+BLEND_SEARCH_DESCRIPTION = (
+    "Score every swap level R in {0, 4, ..., resolution} in both directions: "
+    "structure-from-base (--low base --high toon) and structure-from-toon (--low toon --high "
+    "base). R=0 of one direction and R=resolution of the other are the same parent (hard "
+    "switch); such rows are flagged and counted once. Style: KID between the blend's renders "
+    "(seeds through --mapping-from's mapping at --trunc) and the game set, in the space of "
+    "--style-net or --inception (never the model's own discriminator), normalised so 0 = the "
+    "fine-tuned model's own renders and 1 = the base's. Identity: per seed, distance between "
+    "the base's render and the blend's render of the same w: dlib's face descriptor (renders "
+    "under 150 px are upsampled to 150 px first, as dlib needs faces of a reasonable size) or "
+    "L2 between --identity-net embeddings; a face counts as changed when the distance exceeds "
+    "--identity-threshold (dlib: 0.6, its same-person threshold). Rule: a row keeps identity "
+    "when its share of changed faces is at most --max-changed; among rows that keep identity "
+    "(rows equal to the base excluded, each parent counted once) the lowest style KID is "
+    "recommended (ties: lower mean identity distance, then structure-from-base, then the lower "
+    "level); the next --alternatives rows follow. Writes report.json, table.md, plot.png and "
+    "grid_<direction>.png to --out. Nothing is downloaded."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Teacher networks: import, inspect, sample, blend, fine-tune."
@@ -173,10 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_blend_args(pb: argparse.ArgumentParser) -> None:
         pb.add_argument(
-            "--low", required=True, help="model for blocks <= R (toonify: the fine-tuned model)"
+            "--low",
+            required=True,
+            help="model for blocks <= R: the coarse structure (recipe and demo: the base; "
+            "published toonify: the fine-tuned model)",
         )
         pb.add_argument(
-            "--high", required=True, help="model for blocks above R (toonify: the realistic base)"
+            "--high",
+            required=True,
+            help="model for blocks above R: the fine rendering (recipe and demo: the fine-tuned "
+            "model; published toonify: the base)",
         )
         pb.add_argument(
             "--smooth",
@@ -192,7 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="model whose mapping network and w_avg are used (default high)",
         )
 
-    pb = sub.add_parser("blend", help="blend two generators by resolution (layer swapping)")
+    pb = sub.add_parser(
+        "blend",
+        help="blend two generators by resolution (layer swapping)",
+        description=BLEND_DESCRIPTION,
+    )
     add_blend_args(pb)
     pb.add_argument(
         "--swap-res",
@@ -230,6 +315,81 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     pg.add_argument("--out", required=True, help="output PNG path")
     pg.set_defaults(func=cmd_blend_grid)
+
+    pq = sub.add_parser(
+        "blend-search",
+        help="choose the blend level and direction by measurement (style vs identity)",
+        description=BLEND_SEARCH_DESCRIPTION,
+    )
+    pq.add_argument("--base", required=True, help="the realistic base generator")
+    pq.add_argument("--toon", required=True, help="the generator fine-tuned from it")
+    pq.add_argument(
+        "--data", required=True, help="aligned game images (folder or zip, as finetune reads)"
+    )
+    pq.add_argument("--seeds", default="0-63", help="seeds rendered at every level (default 0-63)")
+    pq.add_argument(
+        "--trunc",
+        dest="truncation_psi",
+        type=float,
+        default=0.7,
+        help="truncation psi (default 0.7, as toon-pairs generate)",
+    )
+    pq.add_argument(
+        "--mapping-from",
+        default="base",
+        choices=["base", "toon"],
+        help="whose mapping network and w_avg map the seeds (default base, as toon-pairs "
+        "generate); the printed blend command sets the matching --mapping-from low/high",
+    )
+    pq.add_argument(
+        "--width",
+        "--smooth",
+        dest="width",
+        type=float,
+        default=0.0,
+        help="smooth switch width in octaves (default 0: hard switch)",
+    )
+    pq.add_argument(
+        "--style-net",
+        default=None,
+        metavar="FILE",
+        help="TorchScript style feature net: net(x), x float32 [N, 3, H, W] in [-1, 1] at the "
+        "generator's resolution -> [N, F]",
+    )
+    pq.add_argument(
+        "--inception",
+        default=None,
+        metavar="FILE",
+        help="NVIDIA's inception-2015-12-05.pt (stylegan2-ada-pytorch pretrained/metrics/) as "
+        "the style feature net instead",
+    )
+    pq.add_argument(
+        "--identity-net",
+        default=None,
+        metavar="FILE",
+        help="TorchScript face embedding net (same call as --style-net) instead of dlib; "
+        "distance = L2 between embeddings",
+    )
+    pq.add_argument(
+        "--identity-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="distance above which a face counts as changed (default 0.6 for dlib; required "
+        "with --identity-net)",
+    )
+    pq.add_argument(
+        "--max-changed",
+        type=float,
+        default=0.2,
+        help="a level keeps identity when at most this share of faces changed (default 0.2)",
+    )
+    pq.add_argument("--alternatives", type=int, default=3, help="runner-ups to show (default 3)")
+    pq.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    pq.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    pq.add_argument("--json", action="store_true", help="print the report as JSON")
+    pq.add_argument("--out", required=True, help="output folder")
+    pq.set_defaults(func=cmd_blend_search)
     add_finetune_parser(sub)
     add_projection_parsers(sub)
     return p

@@ -454,14 +454,14 @@ def test_paste_back_of_unmodified_crops(name, astronaut):
 
 
 def test_paste_back_is_seamless(astronaut):
-    """A flat white output pasted onto a flat black photo: the largest step between neighbouring
-    pixels is what the smoothstep feather allows (1.5 * 255 / feather width + 1), while feather 0
-    leaves a hard 255 step (a seam)."""
+    """A flat white output pasted onto a flat black photo through the square: the largest step
+    between neighbouring pixels is what the smoothstep feather allows (1.5 * 255 / feather
+    width + 1), while feather 0 leaves a hard 255 step (a seam)."""
     face = align(astronaut)[0]
     black = np.zeros_like(astronaut)
     white = np.full((S, S, 3), 255, np.uint8)
-    soft = paste_back(black, [face], [white])[:, :, 0].astype(int)
-    hard = paste_back(black, [face], [white], feather=0.0)[:, :, 0].astype(int)
+    soft = paste_back(black, [face], [white], mode="square")[:, :, 0].astype(int)
+    hard = paste_back(black, [face], [white], mode="square", feather=0.0)[:, :, 0].astype(int)
     feather_px = 0.1 * S / face.scale
     step = max(np.abs(np.diff(soft, axis=0)).max(), np.abs(np.diff(soft, axis=1)).max())
     assert step <= 1.5 * 255 / feather_px + 1
