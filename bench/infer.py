@@ -8,6 +8,13 @@ Measures, on this machine:
   second photo's time (load + align + model + paste + save, from its ``--json`` report: the
   per-photo cost after start-up), the start-up (command wall time minus two per-photo times:
   interpreter, imports, ONNX Runtime session, dlib model loading) and the process's peak RSS;
+  the same command on one photo without a face (the landmark model is loaded on the first face,
+  so this is the start-up without it);
+- the same start-up with dlib's own landmark predictor (``TOON_LANDMARKS=dlib``) instead of the
+  default numpy copy of its model (faces.landmarks), whose cache is made before timing;
+- whether dlib's landmark-model loading releases Python's lock (a thread loads it while the
+  main thread counts; ``releases_gil`` false means no thread can overlap it), and how long the
+  numpy copy takes to map;
 - the teacher's path for the same face (``toon-teacher toonify``: 1000 projection steps at the
   ``paper256`` architecture plus one render), estimated from timed steps, and the ratio of the
   two.
@@ -104,6 +111,91 @@ def run_cli(args: list[str], env: dict) -> tuple[float, int, str]:
     return wall, peak, r.stdout
 
 
+def predictor_load_gil() -> dict:
+    """Whether dlib's 68-point model loading releases Python's lock: a thread loads it while
+    the main thread counts loop turns; the turns per second against the rate alone. Near 1:
+    released (the load could overlap other Python work); near 0: held."""
+    import threading
+
+    import dlib
+
+    from faces.detect import PREDICTOR_FILE, model_file
+
+    path = str(model_file(PREDICTOR_FILE))
+
+    def spin(seconds: float) -> float:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            n += 1
+        return n / seconds
+
+    alone = spin(0.3)
+    took: list[float] = []
+
+    def load() -> None:
+        t = time.perf_counter()
+        dlib.shape_predictor(path)
+        took.append(time.perf_counter() - t)
+
+    th = threading.Thread(target=load)
+    n, t0 = 0, time.perf_counter()
+    th.start()
+    while th.is_alive():
+        n += 1
+    during = n / (time.perf_counter() - t0)
+    ratio = during / alone
+    return {
+        "load_s": round(took[0], 3),
+        "main_thread_speed_during_load": round(ratio, 4),
+        "releases_gil": bool(ratio > 0.5),
+    }
+
+
+def numpy_landmark_load() -> dict:
+    """The numpy copy of the 68-point model: conversion (only when the cache is missing) and
+    the time to map the cached copy (median of 5, checksum included)."""
+    from faces import landmarks
+    from faces.detect import PREDICTOR_FILE, model_file
+
+    path = model_file(PREDICTOR_FILE)
+    out = {"cache": str(landmarks.cache_path(path))}
+    t = time.perf_counter()
+    landmarks.load_shape_model(path)
+    out["first_load_s"] = round(time.perf_counter() - t, 3)  # conversion if no cache yet
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        landmarks.load_shape_model(path)
+        times.append(time.perf_counter() - t)
+    out["cached_load_s"] = round(float(np.median(times)), 4)
+    return out
+
+
+def startup(cli_args: list[str], out_dir: Path, env: dict, runs: int = 3) -> dict:
+    """toon-infer on two photos, ``runs`` times (each into a new folder under ``out_dir``):
+    median wall time, the per-photo times (first photo, second photo) and start-up = wall -
+    2 x second photo."""
+    walls, firsts, steady, peak = [], [], [], 0
+    for i in range(runs):
+        wall, peak_i, stdout = run_cli([*cli_args, "-o", str(out_dir / str(i))], env)
+        reports = [json.loads(x) for x in stdout.strip().splitlines()]
+        walls.append(wall)
+        peak = max(peak, peak_i)
+        firsts.append(reports[0]["timings_ms"])
+        steady.append(reports[1]["timings_ms"])
+    wall = float(np.median(walls))
+    steady_ms = float(np.median([t["total"] for t in steady]))
+    return {
+        "faces": reports[1]["faces"],
+        "wall": wall,
+        "steady_ms": steady_ms,
+        "first_ms": float(np.median([t["total"] for t in firsts])),
+        "stages": steady[-1],
+        "peak": peak,
+        "startup_s": round(wall - 2 * steady_ms / 1e3, 3),
+    }
+
+
 def teacher_path_seconds(steps: int, threads: int) -> dict:
     import torch
 
@@ -178,42 +270,32 @@ def main() -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         second = tmp / "photo1080_b.jpg"
         second.write_bytes(photo.read_bytes())
-        walls, firsts, steady = [], [], []
-        peak = 0
+        out["numpy_landmark_model"] = numpy_landmark_load()  # makes the cache before timing
+        cli_args = [str(photo), str(second), "--model", str(models["fp32"]), "--json"]
+        cli_args += ["--threads", str(args.threads), "--device", "cpu"]
+        run = startup(cli_args, tmp / "o", env)
+        dlib_run = startup(cli_args, tmp / "o_dlib", dict(env, TOON_LANDMARKS="dlib"))
+        # One photo without a face: the landmark model is then never loaded.
+        empty = tmp / "empty1080.jpg"
+        Image.fromarray(np.full((1080, 1920, 3), 128, np.uint8)).save(empty, quality=95)
+        empty_walls = []
         for i in range(3):
-            wall, peak_i, stdout = run_cli(
-                [
-                    str(photo),
-                    str(second),
-                    "-o",
-                    str(tmp / f"o{i}"),
-                    "--model",
-                    str(models["fp32"]),
-                    "--threads",
-                    str(args.threads),
-                    "--json",
-                    "--device",
-                    "cpu",
-                ],
-                env,
-            )
-            reports = [json.loads(x) for x in stdout.strip().splitlines()]
-            walls.append(wall)
-            peak = max(peak, peak_i)
-            firsts.append(reports[0]["timings_ms"])
-            steady.append(reports[1]["timings_ms"])
-        wall = float(np.median(walls))
-        steady_ms = float(np.median([t["total"] for t in steady]))
-        first_ms = float(np.median([t["total"] for t in firsts]))
+            args_empty = [str(empty), "-o", str(tmp / f"e{i}"), "--model", str(models["fp32"])]
+            args_empty += ["--threads", str(args.threads), "--device", "cpu", "--skip-empty"]
+            empty_walls.append(run_cli(args_empty, env)[0])
         out["toon_infer_1080p"] = {
-            "faces": reports[1]["faces"],
-            "per_photo_after_startup_ms": round(steady_ms, 1),
-            "stage_ms_after_startup": {k: round(v, 1) for k, v in steady[-1].items()},
-            "first_photo_ms": round(first_ms, 1),
-            "startup_s": round(wall - 2 * steady_ms / 1e3, 3),
-            "command_wall_two_photos_s": round(wall, 3),
-            "peak_rss_mib": round(peak / 1024, 1),
+            "faces": run["faces"],
+            "per_photo_after_startup_ms": round(run["steady_ms"], 1),
+            "stage_ms_after_startup": {k: round(v, 1) for k, v in run["stages"].items()},
+            "first_photo_ms": round(run["first_ms"], 1),
+            "startup_s": run["startup_s"],
+            "startup_s_dlib_landmarks": dlib_run["startup_s"],
+            "per_photo_after_startup_ms_dlib_landmarks": round(dlib_run["steady_ms"], 1),
+            "command_wall_two_photos_s": round(run["wall"], 3),
+            "peak_rss_mib": round(run["peak"] / 1024, 1),
+            "command_wall_one_photo_no_face_s": round(float(np.median(empty_walls)), 3),
         }
+    out["dlib_predictor_load"] = predictor_load_gil()
     teacher = teacher_path_seconds(args.teacher_steps, args.threads)
     out["teacher_toonify_paper256"] = teacher
     single = out["ort_cpu"]["fp32"][0]["ms_median"] / 1e3

@@ -40,12 +40,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place.
 
     The temporary file is removed if ``write`` fails, so ``path`` is either the old file or the
-    complete new one, never half written. Returns ``path``.
+    complete new one, never half written. The mode is set again after ``write``, because some
+    writers (safetensors' ``save_file``) replace the file with a new 0600 one. Returns ``path``.
     """
     path = Path(path)
     tmp = temp_path(path)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

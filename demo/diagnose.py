@@ -238,7 +238,21 @@ def onnx_model(path: Path) -> Model:
 # The teacher chain (needs a finished demo folder)
 
 
-def teacher_chain(demo_out: Path, size: int) -> dict:
+def judge(judges, images: np.ndarray, params: list) -> dict:
+    """The offline judges (demo/judges.py) on aligned outputs: the share called game-style, and
+    the identity error (non-style parameters read back) against the error on the true game
+    renders of the same faces (the issue's bar: at most 1.5x)."""
+    from demo.judges import game_truth_error
+
+    err, ref = judges.param_error(images, params), game_truth_error(judges, params)
+    return {
+        "called_game": round(float(np.mean(judges.style_score(images) > 0.5)), 3),
+        "param_error": round(float(err.mean()), 4),
+        "param_error_over_truth": round(float(err.mean() / ref.mean()), 3),
+    }
+
+
+def teacher_chain(demo_out: Path, size: int, oracle: Model | None = None) -> dict:
     """Projection, blend levels (both directions), student fidelity on renders vs photos."""
     import torch
 
@@ -252,16 +266,18 @@ def teacher_chain(demo_out: Path, size: int) -> dict:
     finetuned = load_generator(sorted((demo_out / "finetune").glob("network-*.safetensors"))[-1])
     proj = np.load(demo_out / "projection" / "projected_w.npz")
     names = [str(n) for n in proj["names"]]
-    truth = {}
+    truth, face_params = {}, {}
     for i in range(scale.heldout):
         params, rng = item_params(5000, i)
         params = params.without_jitter()
         photo = render(params, "photo", size, rng)
         truth[f"face{i:02d}"] = (photo, render(params, "game", size, rng))
+        face_params[f"face{i:02d}"] = params
     keep = [k for k, n in enumerate(names) if Path(n).stem in truth]
     photos = np.stack([truth[Path(names[k]).stem][0] for k in keep])
     games = np.stack([truth[Path(names[k]).stem][1] for k in keep])
     w = torch.from_numpy(proj["w"][keep])
+    params = [face_params[Path(names[k]).stem] for k in keep]
 
     def render_u8(G, ws) -> np.ndarray:
         with torch.no_grad():
@@ -308,6 +324,23 @@ def teacher_chain(demo_out: Path, size: int) -> dict:
             "student_on_photos_ratio_to_truth": round(l1(student(photos), games) / nothing, 4),
             "teacher_path_ratio_to_truth": round(l1(teacher_out, games) / nothing, 4),
         }
+        judges_file = REPO / "demo" / "assets" / f"judges{size}.safetensors"
+        if judges_file.exists():
+            from demo.judges import load_judges
+
+            judges = load_judges(judges_file)
+            out["judges_on_aligned_faces"] = {
+                "do_nothing_photo": judge(judges, photos, params),
+                "teacher_path": judge(judges, teacher_out, params),
+                "student": judge(judges, student(photos), params),
+                "truth": judge(judges, games, params),
+            }
+            if oracle is not None:
+                out["judges_on_aligned_faces"]["oracle"] = judge(judges, oracle(photos), params)
+    if oracle is not None:
+        out["oracle_on_aligned_photos_ratio_to_truth"] = round(
+            l1(oracle(photos), games) / nothing, 4
+        )
     return out
 
 
@@ -345,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report["floor_identity"], indent=1), flush=True)
     report["landmarks"] = landmark_error(scenes, args.size)
     print(json.dumps(report["landmarks"], indent=1), flush=True)
+    oracle = None
     if not args.no_oracle:
         t = time.time()
         oracle = onnx_model(
@@ -364,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         onnx = demo_out / "toon.onnx"
         if onnx.exists():
             report["demo_student"] = score(onnx_model(onnx), scenes, args.size)
-        report["teacher_chain"] = teacher_chain(demo_out, args.size)
+        report["teacher_chain"] = teacher_chain(demo_out, args.size, oracle)
     report["seconds"] = round(time.time() - t0, 1)
     atomic_write_text(args.out, json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -72,3 +72,19 @@ def test_file_sha256_matches_hashlib_across_chunks(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_writer_that_recreates_the_file_still_gets_the_usual_mode(tmp_path: Path) -> None:
+    """safetensors' save_file unlinks and recreates its target with mode 0600."""
+    reference = tmp_path / "plain.bin"
+    reference.write_bytes(b"x")
+
+    def recreate(tmp: Path) -> None:
+        tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"y")
+        os.close(fd)
+
+    path = atomic_write(tmp_path / "w.bin", recreate)
+    assert path.read_bytes() == b"y"
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(reference.stat().st_mode)
