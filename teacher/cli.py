@@ -193,6 +193,11 @@ BLEND_SEARCH_DESCRIPTION = (
 )
 
 
+def _add_trunc(parser: argparse.ArgumentParser, default: float, help: str) -> None:
+    """``--trunc``: the truncation psi (the public flag name; stored as ``truncation_psi``)."""
+    parser.add_argument("--trunc", dest="truncation_psi", type=float, default=default, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Teacher networks: import, inspect, sample, blend, fine-tune."
@@ -218,13 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("sample", help="render images for seeds")
     ps.add_argument("--network", required=True, help="generator checkpoint")
     ps.add_argument("--seeds", default="0-15", help="seeds, e.g. 0-15,42 (default 0-15)")
-    ps.add_argument(
-        "--trunc",
-        dest="truncation_psi",
-        type=float,
-        default=1.0,
-        help="truncation psi (default 1)",
-    )
+    _add_trunc(ps, 1.0, "truncation psi (default 1)")
     ps.add_argument(
         "--trunc-cutoff",
         dest="truncation_cutoff",
@@ -298,13 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="swap resolutions, one column each, e.g. 4,8,16,32 (default: 4 up to half the "
         "output resolution)",
     )
-    pg.add_argument(
-        "--trunc",
-        dest="truncation_psi",
-        type=float,
-        default=1.0,
-        help="truncation psi (default 1)",
-    )
+    _add_trunc(pg, 1.0, "truncation psi (default 1)")
     pg.add_argument(
         "--class",
         dest="class_idx",
@@ -327,13 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="aligned game images (folder or zip, as finetune reads)"
     )
     pq.add_argument("--seeds", default="0-63", help="seeds rendered at every level (default 0-63)")
-    pq.add_argument(
-        "--trunc",
-        dest="truncation_psi",
-        type=float,
-        default=0.7,
-        help="truncation psi (default 0.7, as toon-pairs generate)",
-    )
+    _add_trunc(pq, 0.7, "truncation psi (default 0.7, as toon-pairs generate)")
     pq.add_argument(
         "--mapping-from",
         default="base",
