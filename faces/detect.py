@@ -29,6 +29,7 @@ import dlib
 import numpy as np
 from PIL import Image
 
+from common.files import atomic_write
 from faces import landmarks as numpy_landmarks
 from faces.image import AlignError, to_gray
 
@@ -113,6 +114,29 @@ class Detection:
         return float(math.sqrt(max(w, 0) * max(h, 0)))
 
 
+def frontal_face_detector():
+    """A new dlib HOG frontal face detector (one per caller: dlib's detector must not be shared
+    between threads), loaded from a cached copy.
+
+    ``dlib.get_frontal_face_detector()`` rebuilds the detector from text embedded in dlib, which
+    takes about 0.28 s and holds Python's lock; the same detector saved once to a file (in
+    :func:`faces.landmarks.cache_dir`, named by dlib's version) loads in about 2 ms. A missing,
+    unreadable or foreign copy is rebuilt; a cache that cannot be written is skipped.
+    """
+    path = numpy_landmarks.cache_dir() / f"frontal_face_detector.dlib{dlib.__version__}.svm"
+    if path.is_file():
+        try:
+            return dlib.fhog_object_detector(str(path))
+        except RuntimeError:
+            pass  # damaged or foreign: rebuild it below
+    hog = dlib.get_frontal_face_detector()
+    try:
+        atomic_write(path, lambda tmp: hog.save(str(tmp)))
+    except OSError:
+        pass  # a read-only cache only costs the slower start next time too
+    return hog
+
+
 class FaceDetector:
     """dlib detection + landmarks with models loaded once (one per process)."""
 
@@ -144,7 +168,7 @@ class FaceDetector:
         # thread can overlap it); the numpy copy maps in ~0.04 s. Either is loaded on the first
         # face, not here: a photo without a face never pays. A missing file still fails here.
         self._predictor_path = str(model_file(PREDICTOR_FILE, predictor))
-        self._hog = dlib.get_frontal_face_detector() if detector != "cnn" else None
+        self._hog = frontal_face_detector() if detector != "cnn" else None
         self._cnn_path = (
             model_file(CNN_FILE, cnn_model, "--cnn-model") if detector != "hog" else None
         )
@@ -235,7 +259,7 @@ class FaceDetector:
         or None when HOG finds no face near its centre. Used to refine faces whose first
         landmarks came from a CNN box: the crop is already closer to upright than the photo."""
         if self._hog is None:
-            self._hog = dlib.get_frontal_face_detector()
+            self._hog = frontal_face_detector()
         gray = to_gray(crop)
         size = gray.shape[0]
         up = 0 if size >= 200 else 1  # the face spans about half the crop; HOG needs ~80 px

@@ -268,3 +268,42 @@ def test_face_detector_uses_numpy_by_default(real, monkeypatch):
     assert FaceDetector().landmark_impl == "dlib"
     with pytest.raises(AlignError, match="unknown landmarks"):
         FaceDetector(landmarks="onnx")
+
+
+def test_cached_hog_detector_finds_the_same_faces(tmp_path, monkeypatch) -> None:
+    """The HOG detector loaded from its cached file equals dlib's built-in one (same boxes and
+    scores on a photo and a procedural scene); a damaged cache file is rebuilt."""
+    import dlib
+
+    from demo.synthetic import item_params, render_photo_scene
+    from faces.detect import frontal_face_detector
+    from faces.image import to_gray
+
+    monkeypatch.setenv("TOON_CACHE_DIR", str(tmp_path))
+    params, rng = item_params(9000, 3)
+    scene, _ = render_photo_scene(params, (480, 360), rng=rng)
+    images = [to_gray(scene)]
+    try:
+        from skimage import data as skdata
+
+        images.append(to_gray(skdata.astronaut()))
+    except ImportError:
+        pass
+    builtin = dlib.get_frontal_face_detector()
+    first = frontal_face_detector()  # builds and writes the cache
+    cached_files = list(tmp_path.glob("frontal_face_detector.*.svm"))
+    assert len(cached_files) == 1
+    second = frontal_face_detector()  # loads the cache
+    for gray in images:
+        ref = builtin.run(gray, 1, 0.0)
+        assert len(ref[0]) >= 1
+        for det in (first, second):
+            got = det.run(gray, 1, 0.0)
+            assert [tuple((r.left(), r.top(), r.right(), r.bottom())) for r in got[0]] == [
+                tuple((r.left(), r.top(), r.right(), r.bottom())) for r in ref[0]
+            ]
+            assert got[1] == ref[1]
+    cached_files[0].write_bytes(b"garbage")
+    rebuilt = frontal_face_detector()
+    assert len(rebuilt.run(images[0], 1, 0.0)[0]) == len(builtin.run(images[0], 1, 0.0)[0])
+    assert cached_files[0].stat().st_size > 1000
