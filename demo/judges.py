@@ -53,6 +53,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -253,6 +254,72 @@ class Judges(nn.Module):
     def param_error(self, images: np.ndarray, params: Any) -> np.ndarray:
         """Identity error per image, float64 [N]: the mean of the five components."""
         return np.mean(list(self.param_components(images, params).values()), axis=0)
+
+
+class _StyleFeatures(nn.Module):
+    """The classifier's pooled features: [N,3,S,S] in [-1,1] -> [N,F] (a style space)."""
+
+    def __init__(self, classifier: StyleClassifier) -> None:
+        super().__init__()
+        self.features = classifier.features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)
+
+
+class _IdentityEmbedding(nn.Module):
+    """The regressor's reading of who the face is: standardised targets and hair-style
+    probabilities, [N,3,S,S] in [-1,1] -> [N, len(REG_TARGETS) + len(HAIR_STYLES)]."""
+
+    def __init__(self, regressor: ParamRegressor) -> None:
+        super().__init__()
+        self.regressor = regressor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hair, reg = self.regressor(x)
+        return torch.cat([reg, torch.softmax(hair, 1)], 1)
+
+
+# Faces whose identity threshold is calibrated (disjoint from training and the demo's seeds).
+CALIBRATION_SEED = 990_000
+
+
+@dataclass(frozen=True)
+class FeatureNets:
+    """TorchScript files for ``toon-teacher blend-search`` and the identity threshold."""
+
+    style: Path
+    identity: Path
+    identity_threshold: float
+
+
+def export_feature_nets(judges: Judges, out_dir: str | os.PathLike, n: int = 200) -> FeatureNets:
+    """Write the judges as ``blend-search`` feature networks (``--style-net``,
+    ``--identity-net``: TorchScript, float [N,3,S,S] in [-1,1] in, features out) and calibrate
+    the identity threshold: the 95th percentile of the embedding distance between the photo and
+    the game drawing of the same face (so a blend counts as another person only when it moves
+    further than a true restyle does), over ``n`` faces never used in training."""
+    out = Path(out_dir)
+    example = torch.zeros([2, 3, judges.size, judges.size])
+    paths = {}
+    for name, module in (
+        ("style", _StyleFeatures(judges.classifier)),
+        ("identity", _IdentityEmbedding(judges.regressor)),
+    ):
+        with warnings.catch_warnings():  # TorchScript is what blend-search reads
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(module.eval(), example)
+        paths[name] = atomic_write(
+            out / f"judge_{name}.pt", lambda t, m=traced: torch.jit.save(m, str(t))
+        )
+    photo = render_set(CALIBRATION_SEED, n, "photo", judges.size)["images"]
+    game = render_set(CALIBRATION_SEED, n, "game", judges.size)["images"]
+    with torch.no_grad():
+        embed = _IdentityEmbedding(judges.regressor).eval()
+        d = (embed(_to_input(photo, judges.size)) - embed(_to_input(game, judges.size))).norm(dim=1)
+    threshold = float(np.percentile(d.numpy(), 95))
+    return FeatureNets(paths["style"], paths["identity"], round(threshold, 4))
 
 
 def game_truth_error(judges: Judges, params: Any) -> np.ndarray:

@@ -6,7 +6,9 @@ Stages (each uses the project's own commands; outputs under ``--out``, default `
    procedural photo-style faces by this project's ``toon-teacher finetune`` (command in
    ``demo/README.md``);
 2. ADA + FreezeD fine-tuning on 300 procedural game-style faces;
-3. blending (layer swapping) and the blend grid over levels;
+3. blending (layer swapping) at the level and direction ``toon-teacher blend-search`` recommends
+   with the offline judges (``demo/judges.py``) as its style and identity networks, and the
+   blend grid over levels;
 4. projection of held-out photo-style faces into the base (W+);
 5. pair generation: synthetic pairs from random latents, and projected pairs from the photos;
 6. student training on the synthetic pairs;
@@ -52,11 +54,12 @@ class Scale:
     student_kimg: float
     student_tick: float
     scenes: int
+    search_seeds: str  # seeds blend-search renders at every level
 
 
 SCALES = {
-    "demo": Scale("demo", 32, 300, 20.0, 4.0, 4, 8, 8, 400, 4000, 40.0, 8.0, 4),
-    "smoke": Scale("smoke", 32, 64, 0.128, 0.064, 2, 8, 2, 50, 512, 2.4, 0.8, 1),
+    "demo": Scale("demo", 32, 300, 20.0, 4.0, 4, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63"),
+    "smoke": Scale("smoke", 32, 64, 0.128, 0.064, 2, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15"),
 }
 
 
@@ -92,6 +95,38 @@ def l1_psnr(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     x, y = uint8_to_unit(a), uint8_to_unit(b)
     mse = float(np.mean((x - y) ** 2))
     return float(np.mean(np.abs(x - y))), float(10 * np.log10(1.0 / max(mse, 1e-12)))
+
+
+def choose_blend(out, scale, base, finetuned, game, blended, teacher_main) -> list[str]:
+    """Run ``toon-teacher blend-search`` with the miniature's judges as its style and identity
+    networks (they never see a (photo, game) pair of the same face) and return the ``blend``
+    arguments it recommends; without a recommendation, the scale's fixed level, base structure."""
+    import shlex
+
+    from demo.judges import export_feature_nets, load_judges
+
+    judges = REPO / "demo" / "assets" / f"judges{scale.size}.safetensors"
+    fallback = ["blend", "--low", str(base), "--high", str(finetuned)]
+    fallback += ["--swap-res", str(scale.swap_res), "--mapping-from", "low", "--out", str(blended)]
+    if not judges.exists():
+        print(f"demo: {judges} missing; blending at the fixed level {scale.swap_res}")
+        return fallback
+    nets = export_feature_nets(load_judges(judges), out / "judges")
+    search = out / "blend_search"
+    argv = ["blend-search", "--base", str(base), "--toon", str(finetuned), "--data", str(game)]
+    argv += ["--style-net", str(nets.style), "--identity-net", str(nets.identity)]
+    argv += ["--identity-threshold", str(nets.identity_threshold), "--seeds", scale.search_seeds]
+    argv += ["--trunc", "0.7", "--device", "cpu", "--out", str(search)]
+    run("toon-teacher", teacher_main, argv)
+    rec = json.loads((search / "report.json").read_text())["recommendation"]
+    if rec is None:
+        print(
+            f"demo: blend-search recommends nothing; blending at the fixed level {scale.swap_res}"
+        )
+        return fallback
+    words = shlex.split(rec["blend_command"])[1:]  # drop "toon-teacher"
+    words[words.index("--out") + 1] = str(blended)
+    return words
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,25 +205,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 3. blend -----------------------------------------------------------------------------
     t = time.time()
-    log("3/8 blending base (structure) and fine-tuned model (rendering) by resolution")
+    log("3/8 choosing the blend level with blend-search (the offline judges), then blending")
     blended = out / "blended.safetensors"
-    run(
-        "toon-teacher",
-        teacher_main,
-        [
-            "blend",
-            "--low",
-            str(base),
-            "--high",
-            str(finetuned),
-            "--swap-res",
-            str(scale.swap_res),
-            "--mapping-from",
-            "low",
-            "--out",
-            str(blended),
-        ],
-    )
+    blend_argv = choose_blend(out, scale, base, finetuned, game, blended, teacher_main)
+    run("toon-teacher", teacher_main, blend_argv)
     levels = ",".join(str(2**i) for i in range(2, int(np.log2(size))))
     run(
         "toon-teacher",
@@ -493,8 +513,19 @@ def summarize(
             "teacher_projection_steps": scale.project_steps,
             "teacher_over_student": round(teacher_path_s / student_s),
         },
+        "blend": _blend_choice(out),
         "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
     }
+
+
+def _blend_choice(out: Path) -> dict:
+    """The level and direction blend-search recommended (None when the demo fell back)."""
+    report = out / "blend_search" / "report.json"
+    rec = json.loads(report.read_text())["recommendation"] if report.exists() else None
+    if rec is None:
+        return {"chosen_by": "fixed level (no blend-search recommendation)"}
+    keep = ("direction", "level", "style_norm", "share_changed", "blend_command")
+    return {"chosen_by": "toon-teacher blend-search", **{k: rec[k] for k in keep}}
 
 
 def contact_sheet(out, truth, summary, infer_out, real_inputs, scenes) -> None:
