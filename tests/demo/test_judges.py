@@ -212,3 +212,26 @@ def test_shipped_judges32():
     shuffled = game["params"][np.random.default_rng(0).permutation(200)]
     assert truth < 0.6 * judges.param_error(game["images"], shuffled).mean()
     assert np.isclose(game_truth_error(judges, game["params"][:8]).mean(), truth, atol=0.3)
+
+
+def test_feature_nets_for_blend_search(judges, data, tmp_path):
+    """The judges exported as blend-search's TorchScript networks compute what the judges
+    compute, and the calibrated identity threshold separates a restyle of the same face from
+    another face."""
+    from demo.judges import _IdentityEmbedding, _to_input, export_feature_nets
+    from teacher.blend_search import load_torchscript
+
+    nets = export_feature_nets(judges, tmp_path, n=48)
+    style = load_torchscript(nets.style, "--style-net", "a style network")
+    ident = load_torchscript(nets.identity, "--identity-net", "an identity network")
+    photos = data["heldout_photo"]["images"][:16]
+    x = _to_input(photos, S)
+    with torch.no_grad():
+        h = judges.classifier.features(x)
+        torch.testing.assert_close(style(x), torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
+        embed = _IdentityEmbedding(judges.regressor).eval()
+        torch.testing.assert_close(ident(x), embed(x))
+        other = embed(_to_input(np.roll(photos, 1, axis=0), S))
+        shuffled = (embed(x) - other).norm(dim=1)
+    assert nets.identity_threshold > 0
+    assert float(shuffled.median()) > nets.identity_threshold  # another face reads as another
