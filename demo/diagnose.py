@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.files import atomic_write_text, file_sha256
+from common.files import atomic_write_bytes, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 GROW = 0.10  # landmark box growth on each side, as a fraction of its side
@@ -165,38 +164,44 @@ def landmark_error(scenes: list[dict], size: int) -> dict:
 
 
 def write_pairs_folder(folder: Path, src: np.ndarray, dst: np.ndarray, shard: int = 500) -> Path:
-    """A pairs dataset (the shard format of ``pairs.shards``) from uint8 arrays [N, S, S, 3]."""
-    from pairs.shards import FORMAT, FORMAT_VERSION, encode_png, pair_key, shard_name
+    """A pairs dataset from uint8 arrays [N, S, S, 3], written with the shard format's own
+    writer (``pairs.shards.ShardWriter``) and manifest builder."""
+    from pairs.shards import (
+        FORMAT,
+        FORMAT_VERSION,
+        MANIFEST_NAME,
+        ShardWriter,
+        encode_png,
+        manifest_bytes,
+        pair_key,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
-    shards, n = [], len(src)
-    for i, start in enumerate(range(0, n, shard)):
-        path = folder / shard_name(i)
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for k in range(start, min(start + shard, n)):
-                for ext, data in (
-                    ("dst.png", encode_png(dst[k])),
-                    ("json", json.dumps({"k": k, "kind": "oracle"}).encode()),
-                    ("src.png", encode_png(src[k])),
-                ):
-                    info = tarfile.TarInfo(f"{pair_key(k)}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, fileobj=__import__("io").BytesIO(data))
-        count = min(start + shard, n) - start
-        shards.append({"name": path.name, "first": start, "count": count,
-                       "sha256": file_sha256(path)})  # fmt: skip
-    manifest = {
+    n = len(src)
+    static = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "resolution": int(src.shape[1]),
         "count": n,
         "shard_size": shard,
-        "num_shards": len(shards),
-        "shards": shards,
+        "num_shards": -(-n // shard),
         "config": {"kind": "oracle: true (photo, game) pairs, for measurement only"},
         "teachers": {},
     }
-    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    entries = []
+    for i, start in enumerate(range(0, n, shard)):
+        writer = ShardWriter(folder, i)
+        stop = min(start + shard, n)
+        for k in range(start, stop):
+            meta = json.dumps({"k": k, "kind": "oracle"}).encode()
+            members = {"src.png": encode_png(src[k]), "dst.png": encode_png(dst[k]), "json": meta}
+            writer.add(pair_key(k), members)
+        sha, size = writer.commit()
+        entries.append(
+            {"name": writer.final.name, "index": i, "first": start, "count": stop - start,
+             "sha256": sha, "bytes": size}
+        )  # fmt: skip
+    atomic_write_bytes(folder / MANIFEST_NAME, manifest_bytes(static, entries))
     return folder
 
 

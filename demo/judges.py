@@ -67,7 +67,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from common.cli import ToonError, run_command
-from common.files import FILE_MODE, atomic_write
+from common.files import atomic_write
 from common.weights import state_mismatch
 from demo.synthetic import HAIR_STYLES, FaceParams, item_params, render
 
@@ -635,11 +635,9 @@ def save_judges(judges: Judges, path: str | os.PathLike) -> Path:
     meta.update(judges.info)
     state = {k: v.detach().float().contiguous() for k, v in judges.state_dict().items()}
 
-    def write(tmp: Path) -> None:
-        save_file(state, str(tmp), metadata={"toon": json.dumps(meta)})
-        os.chmod(tmp, FILE_MODE)  # save_file replaces the file, with mode 0600
-
-    return atomic_write(path, write)
+    return atomic_write(
+        path, lambda tmp: save_file(state, str(tmp), metadata={"toon": json.dumps(meta)})
+    )
 
 
 def load_judges(path: str | os.PathLike) -> Judges:

@@ -1110,12 +1110,15 @@ def _draw_front_hair(
     _outline(pt, style, hair["front"], p.hair)
 
 
-def _draw_face(pt: _Painter, p: FaceParams, style: str, rng: np.random.Generator | None) -> None:
-    """Everything but the background, back to front."""
+def _draw_face(
+    pt: _Painter, p: FaceParams, style: str, rng: np.random.Generator | None, body: bool = True
+) -> None:
+    """Everything but the background, back to front (``body=False``: no neck and shirt)."""
     g = _geo(p)
     hair = _hair_shapes(p, g)
     _draw_back_hair(pt, p, g, style, hair)
-    _draw_body(pt, p, g, style)
+    if body:
+        _draw_body(pt, p, g, style)
     _draw_ears(pt, p, g, style)
     head = _draw_head(pt, p, g, style, rng)
     for side in (-1, 1):
@@ -1344,28 +1347,13 @@ def render_person_mask(
             if part == "person":
                 _draw_face(pt, params, style, np.random.default_rng(0))
             else:
-                _draw_head_only(pt, params, style)
+                _draw_face(pt, params, style, None, body=False)
             layers.append(pt.img.copy())
         through = np.clip(layers[1] - layers[0], 0.0, 1.0).min(2)
         cover = np.maximum(cover, 1.0 - through)
     if ss > 1:
         cover = cover[: H * ss, : W * ss].reshape(H, ss, W, ss).mean((1, 3))
     return np.clip(cover, 0.0, 1.0).astype(np.float32)
-
-
-def _draw_head_only(pt: _Painter, p: FaceParams, style: str) -> None:
-    """:func:`_draw_face` without the body (neck, shirt)."""
-    g = _geo(p)
-    hair = _hair_shapes(p, g)
-    _draw_back_hair(pt, p, g, style, hair)
-    _draw_ears(pt, p, g, style)
-    head = _draw_head(pt, p, g, style, None)
-    for side in (-1, 1):
-        _draw_eye(pt, p, g, side, style)
-        _draw_brow(pt, p, g, side, style)
-    _draw_nose(pt, p, g, style)
-    _draw_mouth(pt, p, g, style)
-    _draw_front_hair(pt, p, g, style, hair, head)
 
 
 # -- datasets -----------------------------------------------------------------------------------
