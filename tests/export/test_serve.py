@@ -32,7 +32,6 @@ from tests.serve_helpers import (
     png_header_only,
     raw_request,
     read_response,
-    serve_model,
 )
 
 MAX_BODY_MIB = 2
@@ -41,11 +40,6 @@ READ_TIMEOUT_S = 2
 FILE_KEY = "file-key-0123456789"
 ENV_KEYS = ("env-key-a", "env-key-b")
 ORIGIN = "https://app.example"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return serve_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -25,16 +25,11 @@ from export.serve_codecs import DecodeBudget
 from export.serve_config import ServeConfig, ServeError, load_api_keys
 from export.serve_metrics import LoopErrorLog
 from tests.conftest import shared_file
-from tests.serve_helpers import Server, parse_response, raw_request, serve_model
+from tests.serve_helpers import Server, parse_response, raw_request
 
 HEADER_TIMEOUT_S = 2
 MAX_RECEIVING = 44
 MAX_CONNECTIONS = 60
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return serve_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
