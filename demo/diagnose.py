@@ -85,11 +85,11 @@ def box_l1(a: np.ndarray, b: np.ndarray, box: tuple[int, int, int, int], res: in
 def compare_res(scene: dict, size: int) -> int:
     """The landmark box's side in crop pixels of a ``size`` model: the resolution at which the
     model actually sees the face (a 32 px crop shows the landmark box at about 16 px)."""
-    from faces.align import align
+    from faces.warp import ffhq_quad, quad_size
 
-    face = align(scene["photo"], size=size, landmarks=[scene["landmarks"]])[0]
     x0, _, x1, _ = landmark_box(scene["landmarks"])
-    return max(8, round((x1 - x0) * face.scale))
+    crop_px_per_photo_px = size / quad_size(ffhq_quad(scene["landmarks"]))
+    return max(8, round((x1 - x0) * crop_px_per_photo_px))
 
 
 def through_infer_path(model: Model, scene: dict, size: int, exact: bool = False):
