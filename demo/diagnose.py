@@ -84,7 +84,7 @@ def box_l1(a: np.ndarray, b: np.ndarray, box: tuple[int, int, int, int], res: in
 
 def compare_res(scene: dict, size: int) -> int:
     """The landmark box's side in crop pixels of a ``size`` model: the resolution at which the
-    model actually sees the face (a 32 px crop shows the landmark box at about 16 px)."""
+    model actually sees the face (a 32 px crop shows the landmark box at about 20 px)."""
     from faces.warp import ffhq_quad, quad_size
 
     x0, _, x1, _ = landmark_box(scene["landmarks"])
