@@ -71,6 +71,20 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="freeze the first N discriminator layers from the image side",
     )
+    p.add_argument(
+        "--freezeg",
+        type=int,
+        default=None,
+        metavar="RES",
+        help="keep the generator's blocks up to resolution RES at the base's weights, so a w "
+        "draws the same face in both models (0: train every block, the default)",
+    )
+    p.add_argument(
+        "--freeze-mapping",
+        action="store_true",
+        default=None,
+        help="keep the mapping network at the base's weights",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument(
@@ -104,6 +118,8 @@ def config_from_args(args: argparse.Namespace, resolution: int, gpus: int) -> Tr
         "p": args.p,
         "ada_kimg": args.ada_kimg,
         "freezed": args.freezed,
+        "freezeg": args.freezeg,
+        "freeze_mapping": args.freeze_mapping,
         "seed": args.seed,
         "workers": args.workers,
         "inception": args.inception,

@@ -70,6 +70,8 @@ class TrainConfig:
 
     # Transfer
     freezed: int = 0
+    freezeg: int = 0  # keep the generator's blocks up to this resolution at the base's weights
+    freeze_mapping: bool = False  # keep the mapping network at the base's weights
 
     # Schedule
     kimg: float = 40.0

@@ -58,7 +58,9 @@ class StyleGAN2Loss:
         self.w_sum: torch.Tensor | None = None
         self.w_count = 0
 
-    def run_G(self, draw: LatentDraw) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_G(
+        self, draw: LatentDraw, ws_grad: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ws = self.G.mapping(draw.z, draw.c, update_w_avg=False)
         w_sum = ws[:, 0].detach().float().sum(0)
         self.w_sum = w_sum if self.w_sum is None else self.w_sum + w_sum
@@ -66,6 +68,8 @@ class StyleGAN2Loss:
         if draw.mix_cutoff < ws.shape[1]:
             mixed = self.G.mapping(draw.mix_z, draw.c, update_w_avg=False)
             ws = torch.cat([ws[:, : draw.mix_cutoff], mixed[:, draw.mix_cutoff :]], dim=1)
+        if ws_grad and not ws.requires_grad:  # a frozen mapping network: w is a leaf
+            ws = ws.detach().requires_grad_(True)
         img = self.G.synthesis(ws, noise_mode=self.noise_mode, force_fp32=self.force_fp32)
         return img, ws
 
@@ -88,7 +92,7 @@ class StyleGAN2Loss:
         ``a`` is the running mean of path lengths before this step (the caller updates it with
         :meth:`update_pl_mean` from the global batch). Returns (loss, path lengths).
         """
-        img, ws = self.run_G(draw)
+        img, ws = self.run_G(draw, ws_grad=True)
         out = (img * pl_noise).sum()
         (grads,) = torch.autograd.grad(out, ws, create_graph=True, only_inputs=True)
         lengths = grads.square().sum(2).mean(1).sqrt()

@@ -47,6 +47,7 @@ from common.runs import (
     snapshot_tag,
 )
 from teacher.augment import make_augment_pipe
+from teacher.blend import block_resolution_of
 from teacher.config import TrainConfig
 from teacher.dataset import ImageDataset, index_stream
 from teacher.io import read_networks, save_snapshot
@@ -104,6 +105,32 @@ def _build_networks(
         D = _fresh_discriminator(cfg, G)
     G_ema.requires_grad_(False)
     return G.to(device), D.train().to(device), G_ema.to(device), source
+
+
+def trainable_g_params(
+    G: Generator, G_ema: Generator, freezeg: int, freeze_mapping: bool
+) -> list[torch.nn.Parameter]:
+    """The generator tensors fine-tuning may change: all but the synthesis blocks up to
+    resolution ``freezeg`` (with their toRGB layers and styles) and, with ``freeze_mapping``,
+    the mapping network. Frozen blocks render the base's coarse structure for every w, so the
+    fine-tuned model keeps drawing the same face for the same w (FreezeG; with a frozen mapping
+    network, FreezeSG).
+
+    A frozen tensor of ``G`` is set to the base's ``G_ema`` value (the weights the base renders
+    and projects with), so that the moving average, which pulls ``G_ema`` toward ``G``, leaves it
+    exactly as the base had it."""
+    ema = dict(G_ema.named_parameters())
+    keep = []
+    for name, p in G.named_parameters():
+        res = block_resolution_of(name)
+        frozen = freeze_mapping if res is None else res <= freezeg
+        p.requires_grad_(not frozen)
+        if frozen:
+            with torch.no_grad():
+                p.copy_(ema[name])
+        else:
+            keep.append(p)
+    return keep
 
 
 def _fresh_discriminator(cfg: TrainConfig, G: Generator) -> Discriminator:
@@ -245,7 +272,8 @@ def training_loop(
     loss = StyleGAN2Loss(
         G, D, aug, cfg.r1_gamma, cfg.pl_weight, cfg.pl_decay, cfg.noise_mode, force_fp32
     )
-    opt_G = _make_optimizer(G.parameters(), cfg.glr, cfg.betas, cfg.eps, cfg.g_reg_interval)
+    g_trainable = trainable_g_params(G, G_ema, cfg.freezeg, cfg.freeze_mapping)
+    opt_G = _make_optimizer(g_trainable, cfg.glr, cfg.betas, cfg.eps, cfg.g_reg_interval)
     opt_D = _make_optimizer(D.parameters(), cfg.dlr, cfg.betas, cfg.eps, cfg.d_reg_interval)
     rng = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed + 1000 * di.rank)
@@ -316,7 +344,8 @@ def training_loop(
         sl = _rank_slice(cfg.batch, di.world, di.rank)
 
         # -- G main -------------------------------------------------------------------------
-        G.requires_grad_(True)
+        for p in g_trainable:
+            p.requires_grad_(True)
         D.requires_grad_(False)
         opt_G.zero_grad(set_to_none=True)
         draw = _local(draws["G"], sl, device)
