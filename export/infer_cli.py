@@ -5,6 +5,7 @@
     cat photo.jpg | toon-infer - > toon.png
     toon-infer photo.jpg --crop -o crops/     -> the aligned, toonified face crops
     toon-infer photo.jpg --paste-mask square  -> paste the whole crop square (the old look)
+    toon-infer clip.mp4 [-o out/] [--mode paste|crop]  -> clip_toon.mp4 (see export.video)
 
 Paste mode blends each toonified crop into the photo through a soft mask of the person (head,
 hair, neck) drawn from the face's landmarks (:mod:`faces.mask`), so the photo around the person
@@ -23,6 +24,12 @@ Where outputs go (names depend only on the paths, so a rerun finds them):
   ``-o`` names a file or folder (then ``stdin_toon.png``); ``-o -`` writes one result to stdout.
 - An existing output is an error for that input (nothing written; the batch goes on) unless
   ``--overwrite`` (replace it) or ``--skip-existing`` (keep it, skip the input) is given.
+
+Videos (``.mp4``, ``.mov``, ``.mkv``, ``.webm``, ``.avi``...; :mod:`export.video`) are written
+as ``NAME_toon.mp4`` (MP4, M4V, MOV and MKV inputs keep their container): every frame, same
+size and frame rate, H.264, audio copied; faces are tracked between detections and their
+landmarks smoothed over time. A damaged or truncated video is an error for that input and leaves
+no output file.
 
 Exit status: 0 when every input was processed (or skipped), 1 when any input failed
 (unreadable, too large, output exists, no model), 3 when some photo had no face (unless
@@ -44,6 +51,7 @@ from pathlib import Path
 from common.cli import error_line, run_command
 from common.files import temp_path
 from common.images import IMAGE_EXTENSIONS
+from export.video_io import DEFAULT_CRF, DEFAULT_PRESET, PRESETS, VIDEO_SUFFIXES, is_video
 
 PROG = "toon-infer"
 STDOUT = "-"
@@ -57,10 +65,10 @@ class OutputExistsError(FileExistsError):
 
 
 def expand_inputs(items: list[str], empty: list[str] | None = None) -> list[str]:
-    """Files, folders (recursive, image files) and globs, in order, without duplicates (the
-    same file reached by two paths counts once). Items that expand to nothing are appended to
-    ``empty``. Inside folders, links with an image suffix are kept even when broken, so that
-    they are reported rather than silently left out."""
+    """Files, folders (recursive, image and video files) and globs, in order, without
+    duplicates (the same file reached by two paths counts once). Items that expand to nothing
+    are appended to ``empty``. Inside folders, links with an image or video suffix are kept
+    even when broken, so that they are reported rather than silently left out."""
     out: list[str] = []
     for item in items:
         if item == "-":
@@ -71,7 +79,8 @@ def expand_inputs(items: list[str], empty: list[str] | None = None) -> list[str]
             found = [
                 str(f)
                 for f in sorted(p.rglob("*"))
-                if f.suffix.lower() in IMAGE_EXTENSIONS and (f.is_file() or f.is_symlink())
+                if (f.suffix.lower() in IMAGE_EXTENSIONS or f.suffix.lower() in VIDEO_SUFFIXES)
+                and (f.is_file() or f.is_symlink())
             ]
         elif any(ch in item for ch in MAGIC):
             found = sorted(glob.glob(item, recursive=True))
@@ -381,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the aligned toonified face crops instead",
     )
+    mode.add_argument(
+        "--mode",
+        choices=["paste", "crop"],
+        default=None,
+        help="the same as --paste or --crop (for videos, crop writes the main face's crop)",
+    )
     p.add_argument(
         "--paste-mask",
         choices=PASTE_MODES,
@@ -430,6 +445,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"refuse larger images (width x height, from the header, before decoding; "
         f"default {MAX_PIXELS})",
     )
+    video = p.add_argument_group("video")
+    video.add_argument(
+        "--detect-every",
+        type=_int_range(1, 1000),
+        default=5,
+        help="run the face detector every N frames, tracking in between (5)",
+    )
+    video.add_argument(
+        "--preset", choices=PRESETS, default=DEFAULT_PRESET, help="x264 speed preset (veryfast)"
+    )
+    video.add_argument(
+        "--crf",
+        type=_int_range(0, 51),
+        default=DEFAULT_CRF,
+        help=f"x264 quality, 0 (lossless) to 51 ({DEFAULT_CRF})",
+    )
+    video.add_argument(
+        "--no-smooth",
+        dest="smooth",
+        action="store_false",
+        help="do not smooth the landmarks over time (they jitter)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=infer)
     return p
@@ -444,6 +481,8 @@ def infer(args: argparse.Namespace) -> int:
     """Toonify every input; the exit status of the module docstring."""
     from export.runtime import ModelError, Toonifier, default_model_path
 
+    if args.mode is not None:
+        args.crop = args.mode == "crop"
     empty_items: list[str] = []
     inputs = expand_inputs(args.inputs, empty_items)
     multi = len(inputs) > 1
@@ -451,7 +490,7 @@ def infer(args: argparse.Namespace) -> int:
         return _usage_error("-o - (stdout) takes one input and no --crop")
     if "-" in inputs and args.output is None and args.crop:
         return _usage_error("--crop with stdin writes one file per face: pass -o FOLDER")
-    if args.json and any(_to_stdout(args, src) for src in inputs):
+    if args.json and any(_to_stdout(args, src) for src in inputs if not is_video(src)):
         return _usage_error("--json prints to stdout, where the image would go: pass -o FILE")
     model = args.model or default_model_path()
     if model is None:
@@ -476,7 +515,12 @@ def infer(args: argparse.Namespace) -> int:
     failed = empty = skipped = 0
     for src in inputs:
         try:
-            report = process(src, toon, args, multi, base, written)
+            if is_video(src):
+                from export.video import process_video
+
+                report = process_video(src, toon, args, multi, base, written)
+            else:
+                report = process(src, toon, args, multi, base, written)
         except Exception as e:  # one bad file must not stop the batch
             if args.debug:
                 traceback.print_exc()
@@ -490,7 +534,7 @@ def infer(args: argparse.Namespace) -> int:
         else:
             if "skipped" in report:
                 skipped += 1
-            elif report["faces"] == 0:
+            elif report.get("frames_with_faces", report.get("faces")) == 0:
                 empty += 1
                 print(
                     f"{PROG}: {src}: no face found" + (", skipped" if args.skip_empty else ""),
