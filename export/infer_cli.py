@@ -511,7 +511,8 @@ def infer(args: argparse.Namespace) -> int:
     if multi and not args.json:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(inputs), unit="photo", file=sys.stderr)
+        unit = "file" if any(is_video(src) for src in inputs) else "photo"
+        bar = tqdm(total=len(inputs), unit=unit, file=sys.stderr)
     failed = empty = skipped = 0
     for src in inputs:
         try:

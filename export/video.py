@@ -262,7 +262,9 @@ def toonify_video(
             if stage.error is not None:
                 raise stage.error
         if not sink:
-            raise VideoError(f"{source.name}: no frame could be decoded; the file is damaged")
+            raise VideoError(
+                f"{source.name}: no frame could be decoded; the file is damaged or truncated"
+            )
         sink[0].close()
         written = keep_empty or any(faces_per_frame)
         if written:

@@ -7,7 +7,7 @@ ffmpeg), for ``toon-infer`` on clips.
   the writer can keep the input's interleaving.
 - :class:`VideoSink` encodes RGB frames with libx264 (``preset``, ``crf``) at the input's
   timestamps and copies the audio packets (re-encoded to AAC only where the output container
-  cannot hold the input's audio codec).
+  cannot hold the input's audio codec, or in MP4 one that players do not expect there).
 - Damage is an error, not a shorter video: a file FFmpeg cannot open, a decode error, a frame
   the decoder marks corrupt, or fewer frames than the container declares (a truncated file)
   raises :class:`VideoError` with one line.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +37,9 @@ VIDEO_SUFFIXES = frozenset(
 )
 KEPT_VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv"})
 MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+# Audio codecs copied into MP4 as they are (what players expect there; FFmpeg's MP4 muxer
+# takes more, e.g. PCM, which few players read): others are re-encoded to AAC.
+MP4_AUDIO = frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"})
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 DEFAULT_PRESET = "veryfast"
 DEFAULT_CRF = 20
@@ -71,6 +75,7 @@ def _av():
 def _ffmpeg_error(name: str, e: BaseException, what: str) -> VideoError:
     text = error_line(e)
     text = text.split(": '", 1)[0] if ": '" in text else text  # PyAV appends the file name
+    text = re.sub(r"^\[Errno -?\d+\] ", "", text)
     return VideoError(f"{name}: {what} ({text}); the file is damaged, truncated or not a video")
 
 
@@ -166,7 +171,9 @@ class VideoSource:
         except av.FFmpegError as e:
             raise _ffmpeg_error(self.name, e, f"decoding failed after {index} frames") from None
         if index == 0:
-            raise VideoError(f"{self.name}: no frame could be decoded; the file is damaged")
+            raise VideoError(
+                f"{self.name}: no frame could be decoded; the file is damaged or truncated"
+            )
         declared = self.declared_frames
         if declared and index + TRUNCATION_SLACK < declared:
             raise VideoError(
@@ -226,6 +233,7 @@ class VideoSink:
     ) -> None:
         av = _av()
         self.name = str(path)
+        self.muxer = muxer
         try:
             self.container = av.open(str(path), "w", format=muxer)
         except (av.FFmpegError, OSError) as e:
@@ -251,7 +259,8 @@ class VideoSink:
 
     def _add_audio(self, audio: Any) -> None:
         name = audio.codec_context.name
-        if name in self.container.supported_codecs:
+        playable = name in MP4_AUDIO if self.muxer == "mp4" else True
+        if playable and name in self.container.supported_codecs:
             self.audio_out = self.container.add_stream_from_template(audio)
             self.audio_mode = "copy"
         else:  # e.g. PCM into MP4: re-encode
