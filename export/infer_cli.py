@@ -51,7 +51,7 @@ from pathlib import Path
 from common.cli import error_line, run_command
 from common.files import temp_path
 from common.images import IMAGE_EXTENSIONS
-from export.video_io import DEFAULT_CRF, DEFAULT_PRESET, PRESETS, VIDEO_SUFFIXES, is_video
+from export.video_io import VIDEO_SUFFIXES, add_video_arguments, is_video
 
 PROG = "toon-infer"
 STDOUT = "-"
@@ -432,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_int_range(1, MAX_THREADS),
         default=None,
-        help="CPU threads for the model",
+        help="CPU threads for the model (default: ONNX Runtime's choice; 1 with videos, whose "
+        "decoding and encoding run beside it)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
@@ -445,28 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"refuse larger images (width x height, from the header, before decoding; "
         f"default {MAX_PIXELS})",
     )
-    video = p.add_argument_group("video")
-    video.add_argument(
-        "--detect-every",
-        type=_int_range(1, 1000),
-        default=5,
-        help="run the face detector every N frames, tracking in between (5)",
-    )
-    video.add_argument(
-        "--preset", choices=PRESETS, default=DEFAULT_PRESET, help="x264 speed preset (veryfast)"
-    )
-    video.add_argument(
-        "--crf",
-        type=_int_range(0, 51),
-        default=DEFAULT_CRF,
-        help=f"x264 quality, 0 (lossless) to 51 ({DEFAULT_CRF})",
-    )
-    video.add_argument(
-        "--no-smooth",
-        dest="smooth",
-        action="store_false",
-        help="do not smooth the landmarks over time (they jitter)",
-    )
+    add_video_arguments(p, _int_range)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=infer)
     return p
@@ -498,7 +478,10 @@ def infer(args: argparse.Namespace) -> int:
             "no model: pass --model FILE or set TOON_MODEL (make one with "
             "'toon-export onnx --student student.safetensors --out toon.onnx')"
         )
-    toon = Toonifier(model, threads=args.threads, device=args.device)
+    threads = args.threads
+    if threads is None and any(is_video(src) for src in inputs):
+        threads = 1  # the model on one core; decoding and encoding take the other
+    toon = Toonifier(model, threads=threads, device=args.device)
     if args.size is not None and args.size != toon.size:
         return _usage_error(f"--size {args.size} but the model expects {toon.size}")
     for item in empty_items:

@@ -61,6 +61,32 @@ def output_suffix(src: str) -> str:
     return suffix if suffix in KEPT_VIDEO_SUFFIXES else ".mp4"
 
 
+def add_video_arguments(parser: Any, int_range: Any) -> None:
+    """toon-infer's video flags (``int_range(lo, hi)``: its range-checked integer type)."""
+    video = parser.add_argument_group("video")
+    video.add_argument(
+        "--detect-every",
+        type=int_range(1, 1000),
+        default=5,
+        help="run the face detector every N frames, tracking in between (5)",
+    )
+    video.add_argument(
+        "--preset", choices=PRESETS, default=DEFAULT_PRESET, help="x264 speed preset (veryfast)"
+    )
+    video.add_argument(
+        "--crf",
+        type=int_range(0, 51),
+        default=DEFAULT_CRF,
+        help=f"x264 quality, 0 (lossless) to 51 ({DEFAULT_CRF})",
+    )
+    video.add_argument(
+        "--no-smooth",
+        dest="smooth",
+        action="store_false",
+        help="do not smooth the landmarks over time (they jitter)",
+    )
+
+
 def _av():
     try:
         import av
