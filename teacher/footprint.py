@@ -16,10 +16,14 @@ loop picks the largest pass that fits the memory of the device it runs on:
   parameter) plus :data:`CPU_FIXED_SLACK`; ``per_image`` is :data:`CPU_BYTES_PER_ACTIVATION`
   times :func:`activation_bytes`, one float32 activation map per block of G and D.
 
-The CPU constants are measured, not derived: peak RSS of one ``paper256`` step at per-pass
-batches 2 and 4 (``/usr/bin/time -f %M toon-teacher finetune --preset paper256 --batch B
---batch-gpu B --kimg 0.00B --aug none ...``, fp32 on CPU, PyTorch 2 glibc allocator), fitted
-as a line in B. They carry over to other architectures through :func:`activation_bytes`.
+The CPU constants are measured, not derived. Peak RSS of one ``paper256`` step with per-pass
+batch B (``/usr/bin/time -f %M toon-teacher finetune --preset paper256 --batch B --batch-gpu B
+--kimg 0.00B --aug none ...``, from scratch, fp32, 2 cores): 4.6 GiB at B=2, 4.8 GiB at B=4
+(both bounded by the tick's writes), 6.8 GiB at B=8; the recipe's batch 64 in passes of 8
+peaked at 8.3 GiB (issue 19: passes add fragmentation). Hence about 0.6 GiB per image (10x
+:func:`activation_bytes`, 64 MB at paper256) over a fixed 3.5 GiB (weights, gradients, Adam
+and 2.2 GiB of slack). They carry over to other architectures through
+:func:`activation_bytes`.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ from teacher.networks import Discriminator, Generator, channels_for
 # Measured on paper256 (see the module docstring): bytes per image of a training pass over the
 # bytes of one activation map per block of G and D (about 32 MiB at paper256), and bytes beyond
 # the weights, gradients and Adam moments that the first step adds (allocator, workspaces).
-CPU_BYTES_PER_ACTIVATION = 22.0
-CPU_FIXED_SLACK = 1.5 * 2**30
+CPU_BYTES_PER_ACTIVATION = 10.0
+CPU_FIXED_SLACK = 2.2 * 2**30
 
 
 def activation_bytes(G: Generator) -> int:

@@ -102,7 +102,8 @@ def _resume_cfg(pairs: Path, outdir: Path, **over):
 
 
 def _strip_timing(line: dict) -> dict:
-    return {k: v for k, v in line.items() if not k.startswith("Timing/")}
+    """A stats line without the figures of the machine (time, memory)."""
+    return {k: v for k, v in line.items() if not k.startswith(("Timing/", "Resources/"))}
 
 
 def test_killed_run_resumes_with_identical_results(pairs_dir: Path, tmp_path: Path) -> None:
