@@ -121,7 +121,7 @@ class KimgBar:
     multiple of the batch) or float rounding never pushes the bar past 100% (tqdm's
     "clamping frac" warning and a negative time remaining).
 
-    After the bar it shows the speed of this call (s/kimg and images/s), the peak memory
+    After the bar it shows the speed of this call (s/kimg, images/s, the time left), the peak memory
     (``peak``: a callable returning bytes, with its ``peak_label``) and, via :meth:`note`, what
     the current step is doing, so a step of minutes still shows the clock moving.
     """
@@ -148,7 +148,7 @@ class KimgBar:
             unit="kimg",
             unit_scale=1 / 1000,  # counts images, shows kimg
             desc=desc,
-            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
+            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}{postfix}]",
         )
 
     @property
@@ -179,7 +179,8 @@ class KimgBar:
             self._bar.update(target - self._bar.n)
             speed = self.speed()
             if speed is not None:
-                self._figures = f"{speed[0]:.4g} s/kimg, {speed[1]:.3g} img/s"
+                eta = _clock((self.total - self._bar.n) / speed[1])
+                self._figures = f"{speed[0]:.4g} s/kimg, {speed[1]:.3g} img/s, ETA {eta}"
         self._postfix()
 
     def note(self, text: str) -> None:
@@ -188,6 +189,13 @@ class KimgBar:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def _clock(seconds: float) -> str:
+    """``1:02:03`` / ``02:03`` (never negative)."""
+    s = max(int(round(seconds)), 0)
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 def kimg_bar(
@@ -493,16 +501,12 @@ def available_memory(device: torch.device) -> int:
 
 
 def pass_batches(local_batch: int, multiple_of: int = 1) -> list[int]:
-    """The per-pass batch sizes that split ``local_batch`` evenly, largest first: divisors of
-    it that are multiples of ``multiple_of`` (a minibatch-std group), or smaller than it when
-    it does not divide the batch (groups then shrink to the pass)."""
-    out = []
-    for b in range(local_batch, 0, -1):
-        if local_batch % b:
-            continue
-        if b % multiple_of == 0 or (b < multiple_of and multiple_of % b == 0):
-            out.append(b)
-    return out or [local_batch]
+    """The per-pass batch sizes that split ``local_batch`` evenly, largest first: its divisors
+    that are multiples of ``multiple_of`` (a minibatch-std group, so groups stay whole); when
+    it has none (a batch smaller than a group), its divisors that divide the group."""
+    divisors = [b for b in range(local_batch, 0, -1) if local_batch % b == 0]
+    whole = [b for b in divisors if b % multiple_of == 0]
+    return whole or [b for b in divisors if multiple_of % b == 0] or [local_batch]
 
 
 def choose_pass_batch(
