@@ -32,6 +32,7 @@ SCRIPTS: dict[str, list[str]] = {
     "student": [],
     "infer": [],
     "serve": [],
+    "video": [],
 }
 
 

@@ -53,8 +53,28 @@ def run_command(
         return 2
     try:
         return func(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a loop that handles it: one line, no traceback
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130
     except USER_ERRORS as e:
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
         return 1
+
+
+def add_deprecated_alias(
+    parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs: object
+) -> None:
+    """Accept the old flag ``old`` for the option now called ``new``: it stores into ``dest``
+    like the new one, with a one-line deprecation notice on stderr, and is hidden from
+    ``--help``. ``kwargs`` (``type``, ``action``...) are those of the new flag."""
+
+    class _Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+            print(f"{parser.prog}: {old} is deprecated; use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    parser.add_argument(old, dest=dest, action=_Deprecated, help=argparse.SUPPRESS, **kwargs)

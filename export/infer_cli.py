@@ -5,6 +5,7 @@
     cat photo.jpg | toon-infer - > toon.png
     toon-infer photo.jpg --crop -o crops/     -> the aligned, toonified face crops
     toon-infer photo.jpg --paste-mask square  -> paste the whole crop square (the old look)
+    toon-infer clip.mp4 [-o out/] [--mode paste|crop]  -> clip_toon.mp4 (see export.video)
 
 Paste mode blends each toonified crop into the photo through a soft mask of the person (head,
 hair, neck) drawn from the face's landmarks (:mod:`faces.mask`), so the photo around the person
@@ -23,6 +24,12 @@ Where outputs go (names depend only on the paths, so a rerun finds them):
   ``-o`` names a file or folder (then ``stdin_toon.png``); ``-o -`` writes one result to stdout.
 - An existing output is an error for that input (nothing written; the batch goes on) unless
   ``--overwrite`` (replace it) or ``--skip-existing`` (keep it, skip the input) is given.
+
+Videos (``.mp4``, ``.mov``, ``.mkv``, ``.webm``, ``.avi``...; :mod:`export.video`) are written
+as ``NAME_toon.mp4`` (MP4, M4V, MOV and MKV inputs keep their container): every frame, same
+size and frame rate, H.264, audio copied; faces are tracked between detections and their
+landmarks smoothed over time. A damaged or truncated video is an error for that input and leaves
+no output file.
 
 Exit status: 0 when every input was processed (or skipped), 1 when any input failed
 (unreadable, too large, output exists, no model), 3 when some photo had no face (unless
@@ -44,6 +51,7 @@ from pathlib import Path
 from common.cli import error_line, run_command
 from common.files import temp_path
 from common.images import IMAGE_EXTENSIONS
+from export.video_io import VIDEO_SUFFIXES, add_video_arguments, is_video
 
 PROG = "toon-infer"
 STDOUT = "-"
@@ -57,10 +65,10 @@ class OutputExistsError(FileExistsError):
 
 
 def expand_inputs(items: list[str], empty: list[str] | None = None) -> list[str]:
-    """Files, folders (recursive, image files) and globs, in order, without duplicates (the
-    same file reached by two paths counts once). Items that expand to nothing are appended to
-    ``empty``. Inside folders, links with an image suffix are kept even when broken, so that
-    they are reported rather than silently left out."""
+    """Files, folders (recursive, image and video files) and globs, in order, without
+    duplicates (the same file reached by two paths counts once). Items that expand to nothing
+    are appended to ``empty``. Inside folders, links with an image or video suffix are kept
+    even when broken, so that they are reported rather than silently left out."""
     out: list[str] = []
     for item in items:
         if item == "-":
@@ -71,7 +79,8 @@ def expand_inputs(items: list[str], empty: list[str] | None = None) -> list[str]
             found = [
                 str(f)
                 for f in sorted(p.rglob("*"))
-                if f.suffix.lower() in IMAGE_EXTENSIONS and (f.is_file() or f.is_symlink())
+                if (f.suffix.lower() in IMAGE_EXTENSIONS or f.suffix.lower() in VIDEO_SUFFIXES)
+                and (f.is_file() or f.is_symlink())
             ]
         elif any(ch in item for ch in MAGIC):
             found = sorted(glob.glob(item, recursive=True))
@@ -381,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the aligned toonified face crops instead",
     )
+    mode.add_argument(
+        "--mode",
+        choices=["paste", "crop"],
+        default=None,
+        help="the same as --paste or --crop (for videos, crop writes the main face's crop)",
+    )
     p.add_argument(
         "--paste-mask",
         choices=PASTE_MODES,
@@ -417,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_int_range(1, MAX_THREADS),
         default=None,
-        help="CPU threads for the model",
+        help="CPU threads for the model (default: ONNX Runtime's choice; 1 with videos, whose "
+        "decoding and encoding run beside it)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
@@ -430,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"refuse larger images (width x height, from the header, before decoding; "
         f"default {MAX_PIXELS})",
     )
+    add_video_arguments(p, _int_range)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=infer)
     return p
@@ -444,6 +461,8 @@ def infer(args: argparse.Namespace) -> int:
     """Toonify every input; the exit status of the module docstring."""
     from export.runtime import ModelError, Toonifier, default_model_path
 
+    if args.mode is not None:
+        args.crop = args.mode == "crop"
     empty_items: list[str] = []
     inputs = expand_inputs(args.inputs, empty_items)
     multi = len(inputs) > 1
@@ -451,7 +470,7 @@ def infer(args: argparse.Namespace) -> int:
         return _usage_error("-o - (stdout) takes one input and no --crop")
     if "-" in inputs and args.output is None and args.crop:
         return _usage_error("--crop with stdin writes one file per face: pass -o FOLDER")
-    if args.json and any(_to_stdout(args, src) for src in inputs):
+    if args.json and any(_to_stdout(args, src) for src in inputs if not is_video(src)):
         return _usage_error("--json prints to stdout, where the image would go: pass -o FILE")
     model = args.model or default_model_path()
     if model is None:
@@ -459,7 +478,10 @@ def infer(args: argparse.Namespace) -> int:
             "no model: pass --model FILE or set TOON_MODEL (make one with "
             "'toon-export onnx --student student.safetensors --out toon.onnx')"
         )
-    toon = Toonifier(model, threads=args.threads, device=args.device)
+    threads = args.threads
+    if threads is None and any(is_video(src) for src in inputs):
+        threads = 1  # the model on one core; decoding and encoding take the other
+    toon = Toonifier(model, threads=threads, device=args.device)
     if args.size is not None and args.size != toon.size:
         return _usage_error(f"--size {args.size} but the model expects {toon.size}")
     for item in empty_items:
@@ -472,11 +494,17 @@ def infer(args: argparse.Namespace) -> int:
     if multi and not args.json:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(inputs), unit="photo", file=sys.stderr)
+        unit = "file" if any(is_video(src) for src in inputs) else "photo"
+        bar = tqdm(total=len(inputs), unit=unit, file=sys.stderr)
     failed = empty = skipped = 0
     for src in inputs:
         try:
-            report = process(src, toon, args, multi, base, written)
+            if is_video(src):
+                from export.video import process_video
+
+                report = process_video(src, toon, args, multi, base, written)
+            else:
+                report = process(src, toon, args, multi, base, written)
         except Exception as e:  # one bad file must not stop the batch
             if args.debug:
                 traceback.print_exc()
@@ -490,7 +518,7 @@ def infer(args: argparse.Namespace) -> int:
         else:
             if "skipped" in report:
                 skipped += 1
-            elif report["faces"] == 0:
+            elif report.get("frames_with_faces", report.get("faces")) == 0:
                 empty += 1
                 print(
                     f"{PROG}: {src}: no face found" + (", skipped" if args.skip_empty else ""),

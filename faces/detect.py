@@ -202,9 +202,11 @@ class FaceDetector:
         rgb_small = Image.fromarray(np.ascontiguousarray(rgb[:, :, :3]))
         return small, np.asarray(rgb_small.resize(size, Image.Resampling.BILINEAR, None, 2.0)), s
 
-    def boxes(self, rgb: np.ndarray) -> list[Detection]:
-        """Detections in the full photo (no landmarks yet), largest first."""
-        gray = to_gray(rgb)
+    def boxes(self, rgb: np.ndarray, gray: np.ndarray | None = None) -> list[Detection]:
+        """Detections in the full photo (no landmarks yet), largest first. ``gray``: the
+        photo's :func:`faces.image.to_gray`, when the caller has it already (video frames)."""
+        if gray is None:
+            gray = to_gray(rgb)
         return self._boxes(gray, rgb)
 
     def _boxes(self, gray: np.ndarray, rgb: np.ndarray) -> list[Detection]:
@@ -232,8 +234,13 @@ class FaceDetector:
         out.sort(key=lambda d: -d.size)
         return out
 
-    def landmarks(self, gray: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """68 landmarks (68, 2) in photo pixels, predicted at full resolution around ``box``."""
+    def landmarks(self, gray: np.ndarray, box: np.ndarray, exact: bool = False) -> np.ndarray:
+        """68 landmarks (68, 2) in photo pixels, predicted at full resolution around ``box``.
+
+        ``exact=True`` (numpy landmarks only; dlib's own predictor ignores it) uses the box as
+        given, to a fraction of a pixel, and returns unrounded positions: landmarks that move
+        smoothly with a box that moves smoothly (video tracking), where dlib's whole-pixel box
+        and output would step by a pixel at a time."""
         h, w = gray.shape
         x0, y0, x1, y1 = box
         m = 0.25 * max(x1 - x0, y1 - y0)
@@ -249,6 +256,9 @@ class FaceDetector:
         if self.landmark_impl == "dlib":
             shape = self._predictor(patch, rect)
             pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+        elif exact:
+            ltrb = (x0 - cx0, y0 - cy0, x1 - 1 - cx0, y1 - 1 - cy0)
+            pts = numpy_landmarks.predict(self._predictor, patch, ltrb, round=False)
         else:
             ltrb = (rect.left(), rect.top(), rect.right(), rect.bottom())
             pts = numpy_landmarks.predict(self._predictor, patch, ltrb)

@@ -75,6 +75,9 @@ def config_from_args(args: argparse.Namespace):
         for f in dataclasses.fields(StudentConfig)
         if f.name != "preset"
     }
+    if getattr(args, "lr", None) is not None:  # --lr sets both rates unless one is given
+        over["glr"] = over["glr"] if over["glr"] is not None else args.lr
+        over["dlr"] = over["dlr"] if over["dlr"] is not None else args.lr
     none_fields = [k for k, v in over.items() if v == _NONE]
     for k in none_fields:
         over[k] = None
@@ -94,6 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     di = init_distributed()
     result = training_loop(cfg, di, progress=not args.quiet)
+    if result.get("interrupted"):
+        return result["exit_status"]  # the loop said where the run stands
     if di.main:
         print(
             f"done: {result['cur_nimg'] / 1000:.3f} kimg; student in "
@@ -177,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pt.add_argument("--preset", default="paper256", help="paper256 (default) or tiny")
     add_config_flags(pt)
+    pt.add_argument("--lr", type=float, default=None, help="learning rate of G and D (Adam)")
     pt.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
     pt.set_defaults(func=cmd_train)

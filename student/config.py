@@ -38,7 +38,11 @@ class StudentConfig:
         5.0, "percent of pairs held out by key (sha256 bucket) for evaluation; never trained on"
     )
     shuffle_buffer: int = _f(500, "samples in each reader's shuffle buffer (held as PNG bytes)")
-    workers: int = _f(4, "data loader worker processes per training process (0: in-process)")
+    workers: int = _f(
+        4,
+        "data loader worker processes per training process (default: one per core less one, "
+        "at most 4; 0: in-process)",
+    )
     seed: int = _f(0, "seed of the initial weights, the shard order and the augmentations")
 
     # Networks
@@ -173,6 +177,10 @@ def make_config(preset: str, overrides: dict[str, Any]) -> StudentConfig:
     values = dict(PRESETS[preset])
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["preset"] = preset
+    if "workers" not in values:  # what this machine has, not a fixed 4
+        from common.runs import default_workers
+
+        values["workers"] = default_workers(4)
     return StudentConfig.from_dict(values)
 
 

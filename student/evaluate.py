@@ -43,19 +43,22 @@ DEFAULT_HOLDOUT_PERCENT = 5.0
 
 def load_eval_set(
     info: PairsInfo, cfg: StudentConfig, count: int
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The first ``count`` held-out pairs (uint8 ``[N, 3, R, R]`` src, dst), or the first
-    training pairs when nothing is held out; None for ``count == 0``."""
+) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+    """The first ``count`` held-out pairs (uint8 ``[N, 3, R, R]`` src, dst) and ``"heldout"``,
+    or the first training pairs and ``"train"`` when nothing is held out (the caller must say
+    so); None for ``count == 0``."""
     if count <= 0:
         return None
+    split = "heldout"
     items = list(split_pairs(info, "heldout", cfg.holdout_percent, limit=count))
     if not items:
-        items = list(split_pairs(info, "all", cfg.holdout_percent, limit=count))
+        split = "train"
+        items = list(split_pairs(info, "train", cfg.holdout_percent, limit=count))
     if not items:
         return None
     src = torch.from_numpy(np.stack([it[1] for it in items]))
     dst = torch.from_numpy(np.stack([it[2] for it in items]))
-    return src, dst
+    return src, dst, split
 
 
 @torch.no_grad()

@@ -36,18 +36,22 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from common.files import atomic_write_text
 from common.images import save_png
 from common.runs import (
     RESUME_FILE,
     DistInfo,
+    Interrupted,
+    StopSignals,
     TrainError,
     all_reduce_,
     kimg_bar,
     load_resume_state,
+    peak_label,
+    peak_memory,
     prepare_run_dir,
     save_resume_state,
     snapshot_tag,
+    trim_log,
 )
 from student.config import StudentConfig
 from student.data import open_pairs, split_counts, train_loader
@@ -195,25 +199,42 @@ def training_loop(
             out / RESUME_FILE, (G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D), di, cfg
         )
 
-    if resuming and di.main:
-        _truncate_stats(out / "stats.jsonl", state["step"])
+    total_nimg = int(round(cfg.kimg * 1000))
     source = {"pairs_manifest_sha256": info.manifest_sha256, "teachers": info.teachers}
     eval_set = grid_set = None
+    eval_prefix = "Eval/"
     writer = None
     if di.main:
         from torch.utils.tensorboard import SummaryWriter
 
+        # The logs end where the resume state does (a stop or kill after it wrote more).
+        done_step, done_nimg = state["step"], state["cur_nimg"]
+        trim_log(out, "stats.jsonl", lambda x: x.get("Progress/step", 0) <= done_step, done_nimg)
         writer = SummaryWriter(str(out))
         n_load = max(cfg.eval_pairs, cfg.grid_pairs)
         loaded = load_eval_set(info, cfg, n_load)
         if loaded is not None:
             eval_set = (loaded[0][: cfg.eval_pairs], loaded[1][: cfg.eval_pairs])
             grid_set = (loaded[0][: cfg.grid_pairs], loaded[1][: cfg.grid_pairs])
-        if not resuming:
+            if loaded[2] != "heldout":
+                eval_prefix = "EvalOnTrain/"
+        print(
+            f"student: {cfg.arch} generator, {count_parameters(G):,} parameters; "
+            f"{counts['train']} training and {counts['heldout']} held-out pairs at "
+            f"{info.resolution}px; {device.type}, {di.world} process(es) x {cfg.workers} "
+            f"loader worker(s), batch {cfg.batch}; "
+            + (
+                f"resumed at {state['cur_nimg'] / 1000:g} kimg of {total_nimg / 1000:g}"
+                if resuming
+                else f"{total_nimg / 1000:g} kimg"
+            ),
+            file=sys.stderr,
+        )
+        if eval_prefix != "Eval/" and cfg.eval_pairs > 0:
             print(
-                f"student: {cfg.arch} generator, {count_parameters(G):,} parameters; "
-                f"{counts['train']} training and {counts['heldout']} held-out pairs at "
-                f"{info.resolution}px",
+                f"student: no pair is held out ({cfg.holdout_percent:g}% of {info.count}); the "
+                "snapshot figures are on training pairs and logged as EvalOnTrain/* (generate "
+                "more pairs or raise --holdout-percent for held-out figures)",
                 file=sys.stderr,
             )
 
@@ -222,13 +243,20 @@ def training_loop(
     )
     batches = iter(loader)
 
-    total_nimg = int(round(cfg.kimg * 1000))
     tick_nimg = max(int(round(cfg.tick_kimg * 1000)), 1)
     tick_start_nimg = state["cur_nimg"]
     tick_start_time = time.time()
     sums: dict[str, torch.Tensor] = {}
     steps_in_tick = 0
-    bar = kimg_bar(total_nimg, state["cur_nimg"], "student") if di.main and progress else None
+    bar = None
+    if di.main and progress:
+        bar = kimg_bar(
+            total_nimg,
+            state["cur_nimg"],
+            "student",
+            peak=lambda: peak_memory(device),
+            peak_label=peak_label(device),
+        )
     steps_this_call = 0
     concat_d = cfg.d_norm != "batch"  # batch norm in D must not mix real and fake pairs
 
@@ -241,173 +269,195 @@ def training_loop(
         v = value.detach().float()
         sums[name] = sums[name] + v if name in sums else v
 
-    while state["cur_nimg"] < total_nimg:
-        # -- data ------------------------------------------------------------------------------
-        batch = next(batches)
-        src = uint8_to_float(batch["src"].to(device, non_blocking=True))
-        dst = uint8_to_float(batch["dst"].to(device, non_blocking=True))
-        src, dst = augment_pair(src, dst, batch["aug"].to(device))
-        factor = lr_factor(state["cur_nimg"], total_nimg, cfg.lr_decay)
-        for group in opt_G.param_groups:
-            group["lr"] = cfg.glr * factor
-        for group in opt_D.param_groups:
-            group["lr"] = cfg.dlr * factor
+    saved_nimg = state["cur_nimg"] if resuming else None  # where a rerun starts
+    stopped = False
+    signals = StopSignals("student")
+    try:
+        signals.install()
+        while state["cur_nimg"] < total_nimg:
+            # -- data ------------------------------------------------------------------------------
+            batch = next(batches)
+            src = uint8_to_float(batch["src"].to(device, non_blocking=True))
+            dst = uint8_to_float(batch["dst"].to(device, non_blocking=True))
+            src, dst = augment_pair(src, dst, batch["aug"].to(device))
+            factor = lr_factor(state["cur_nimg"], total_nimg, cfg.lr_decay)
+            for group in opt_G.param_groups:
+                group["lr"] = cfg.glr * factor
+            for group in opt_D.param_groups:
+                group["lr"] = cfg.dlr * factor
 
-        # -- G forward --------------------------------------------------------------------------
-        G.requires_grad_(True)
-        with autocast():
-            fake = G(src)
+            # -- G forward -------------------------------------------------------------------------
+            G.requires_grad_(True)
+            with autocast():
+                fake = G(src)
 
-        # -- D step ---------------------------------------------------------------------------
-        D.requires_grad_(True)
-        with autocast():
-            if concat_d:
-                both = D(torch.cat([src, src]), torch.cat([dst, fake.detach()]))
-                real_logits = [s[-1][: src.shape[0]] for s in both]
-                fake_logits = [s[-1][src.shape[0] :] for s in both]
-            else:
-                real_logits = [s[-1] for s in D(src, dst)]
-                fake_logits = [s[-1] for s in D(src, fake.detach())]
-        loss_D = d_loss(real_logits, fake_logits, cfg.gan_loss)
-        opt_D.zero_grad(set_to_none=True)
-        scaler_D.scale(loss_D).backward()
-        _average_grads(D, di.world)
-        scaler_D.step(opt_D)
-        scaler_D.update()
-        add("Loss/D/loss", loss_D)
-        add("Loss/D/real", torch.stack([r.float().mean() for r in real_logits]).mean())
-        add("Loss/D/fake", torch.stack([f.float().mean() for f in fake_logits]).mean())
+            # -- D step ---------------------------------------------------------------------------
+            D.requires_grad_(True)
+            with autocast():
+                if concat_d:
+                    both = D(torch.cat([src, src]), torch.cat([dst, fake.detach()]))
+                    real_logits = [s[-1][: src.shape[0]] for s in both]
+                    fake_logits = [s[-1][src.shape[0] :] for s in both]
+                else:
+                    real_logits = [s[-1] for s in D(src, dst)]
+                    fake_logits = [s[-1] for s in D(src, fake.detach())]
+            loss_D = d_loss(real_logits, fake_logits, cfg.gan_loss)
+            opt_D.zero_grad(set_to_none=True)
+            scaler_D.scale(loss_D).backward()
+            _average_grads(D, di.world)
+            scaler_D.step(opt_D)
+            scaler_D.update()
+            add("Loss/D/loss", loss_D)
+            add("Loss/D/real", torch.stack([r.float().mean() for r in real_logits]).mean())
+            add("Loss/D/fake", torch.stack([f.float().mean() for f in fake_logits]).mean())
 
-        # -- G step ---------------------------------------------------------------------------
-        D.requires_grad_(False)
-        with autocast():
-            fake_feats = D(src, fake)
-            with torch.no_grad():
-                real_feats = D(src, dst) if cfg.fm_weight > 0 else None
-        loss_gan = g_loss([f[-1] for f in fake_feats], cfg.gan_loss)
-        loss_l1 = F.l1_loss(fake.float(), dst)
-        loss_G = cfg.gan_weight * loss_gan + cfg.l1_weight * loss_l1
-        if real_feats is not None:
-            loss_fm = feature_matching(real_feats, fake_feats)
-            loss_G = loss_G + cfg.fm_weight * loss_fm
-            add("Loss/G/fm", loss_fm)
-        if vgg is not None:
-            loss_vgg = vgg(fake, dst)
-            loss_G = loss_G + cfg.vgg_weight * loss_vgg
-            add("Loss/G/vgg", loss_vgg)
-        opt_G.zero_grad(set_to_none=True)
-        scaler_G.scale(loss_G).backward()
-        _average_grads(G, di.world)
-        scaler_G.step(opt_G)
-        scaler_G.update()
-        _average_buffers(G, di.world)
-        G.requires_grad_(False)
-        add("Loss/G/loss", loss_G)
-        add("Loss/G/gan", loss_gan)
-        add("Loss/G/l1", loss_l1)
+            # -- G step ---------------------------------------------------------------------------
+            D.requires_grad_(False)
+            with autocast():
+                fake_feats = D(src, fake)
+                with torch.no_grad():
+                    real_feats = D(src, dst) if cfg.fm_weight > 0 else None
+            loss_gan = g_loss([f[-1] for f in fake_feats], cfg.gan_loss)
+            loss_l1 = F.l1_loss(fake.float(), dst)
+            loss_G = cfg.gan_weight * loss_gan + cfg.l1_weight * loss_l1
+            if real_feats is not None:
+                loss_fm = feature_matching(real_feats, fake_feats)
+                loss_G = loss_G + cfg.fm_weight * loss_fm
+                add("Loss/G/fm", loss_fm)
+            if vgg is not None:
+                loss_vgg = vgg(fake, dst)
+                loss_G = loss_G + cfg.vgg_weight * loss_vgg
+                add("Loss/G/vgg", loss_vgg)
+            opt_G.zero_grad(set_to_none=True)
+            scaler_G.scale(loss_G).backward()
+            _average_grads(G, di.world)
+            scaler_G.step(opt_G)
+            scaler_G.update()
+            _average_buffers(G, di.world)
+            G.requires_grad_(False)
+            add("Loss/G/loss", loss_G)
+            add("Loss/G/gan", loss_gan)
+            add("Loss/G/l1", loss_l1)
 
-        # -- EMA --------------------------------------------------------------------------------
-        state["cur_nimg"] += cfg.batch
-        state["step"] += 1
-        ema_nimg = cfg.ema_kimg * 1000
-        if cfg.ema_rampup is not None:
-            ema_nimg = min(ema_nimg, state["cur_nimg"] * cfg.ema_rampup)
-        _ema_update(G_ema, G, 0.5 ** (cfg.batch / max(ema_nimg, 1e-8)))
+            # -- EMA -------------------------------------------------------------------------------
+            state["cur_nimg"] += cfg.batch
+            state["step"] += 1
+            ema_nimg = cfg.ema_kimg * 1000
+            if cfg.ema_rampup is not None:
+                ema_nimg = min(ema_nimg, state["cur_nimg"] * cfg.ema_rampup)
+            _ema_update(G_ema, G, 0.5 ** (cfg.batch / max(ema_nimg, 1e-8)))
 
-        steps_in_tick += 1
-        steps_this_call += 1
-        if bar is not None:
-            bar.update_to(state["cur_nimg"])
-        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+            steps_in_tick += 1
+            steps_this_call += 1
             if bar is not None:
-                bar.close()
-            return dict(state, stopped=True)
+                bar.update_to(state["cur_nimg"])
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                stopped = True
+                break
 
-        # -- tick: stats, resume state, snapshot ---------------------------------------------
-        done = state["cur_nimg"] >= total_nimg
-        if not done and state["cur_nimg"] < tick_start_nimg + tick_nimg:
-            continue
-        state["tick"] += 1
-        names = sorted(sums)
-        means = _all_mean([float(sums[k]) / steps_in_tick for k in names], di.world, device)
-        stats: dict[str, float] = dict(zip(names, means, strict=True))
-        now = time.time()
-        kimg_done = (state["cur_nimg"] - tick_start_nimg) / 1000
-        stats.update(
-            {
-                "Progress/tick": state["tick"],
-                "Progress/kimg": state["cur_nimg"] / 1000,
-                "Progress/step": state["step"],
-                "Progress/lr_factor": factor,
-                "Timing/sec_per_kimg": (now - tick_start_time) / max(kimg_done, 1e-8),
-            }
-        )
-        if device.type == "cuda":
-            stats["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        sums.clear()
-        steps_in_tick = 0
-        _check_in_sync(G, di.world, device)
-        snapshot = done or state["tick"] % max(cfg.snap, 1) == 0
-        if di.main:
-            tag = snapshot_tag(state["cur_nimg"])
-            if snapshot:
-                training = {
-                    "resolution": info.resolution,
-                    "kimg": state["cur_nimg"] / 1000,
-                    "step": state["step"],
-                    "holdout_percent": cfg.holdout_percent,
-                    "config": json.loads(cfg.to_json()),
+            # -- tick: stats, resume state, snapshot ---------------------------------------------
+            done = state["cur_nimg"] >= total_nimg
+            if not done and state["cur_nimg"] < tick_start_nimg + tick_nimg:
+                continue
+            state["tick"] += 1
+            names = sorted(sums)
+            means = _all_mean([float(sums[k]) / steps_in_tick for k in names], di.world, device)
+            stats: dict[str, float] = dict(zip(names, means, strict=True))
+            now = time.time()
+            kimg_done = (state["cur_nimg"] - tick_start_nimg) / 1000
+            stats.update(
+                {
+                    "Progress/tick": state["tick"],
+                    "Progress/kimg": state["cur_nimg"] / 1000,
+                    "Progress/step": state["step"],
+                    "Progress/lr_factor": factor,
+                    "Timing/sec_per_kimg": (now - tick_start_time) / max(kimg_done, 1e-8),
                 }
-                save_student(G_ema, arch, out / f"student-{tag}.safetensors", source, training)
-                if done:
-                    save_student(G_ema, arch, out / "student.safetensors", source, training)
-                if eval_set is not None and cfg.eval_pairs > 0:
-                    pred = run_student(G_ema, eval_set[0], device)
-                    stats.update(heldout_metrics(pred, eval_set[0], eval_set[1]))
-                if grid_set is not None and cfg.grid_pairs > 0:
-                    pred = run_student(G_ema, grid_set[0], device)
-                    grid = comparison_grid(grid_set[0], pred, grid_set[1])
-                    save_png(grid, out / f"grid{tag}.png")
-                    writer.add_image(
-                        "src_student_teacher",
-                        grid,
-                        global_step=state["cur_nimg"],
-                        dataformats="HWC",
-                    )
-            with open(out / "stats.jsonl", "a") as f:
-                f.write(json.dumps(stats) + "\n")
-            for k, v in stats.items():
-                writer.add_scalar(k, v, global_step=state["cur_nimg"])
-            _save_resume(
-                out / RESUME_FILE,
-                state,
-                (G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D),
-                di,
-                cfg,
             )
-            writer.flush()
-        tick_start_nimg = state["cur_nimg"]
-        tick_start_time = time.time()
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-    return dict(state, stopped=False)
+            stats["Timing/images_per_sec"] = kimg_done * 1000 / max(now - tick_start_time, 1e-8)
+            peak_key = "gpu_mem" if device.type == "cuda" else "rss"  # CUDA: tensors; CPU: process
+            stats[f"Resources/peak_{peak_key}_gb"] = peak_memory(device) / 2**30
+            sums.clear()
+            steps_in_tick = 0
+            _check_in_sync(G, di.world, device)
+            snapshot = done or state["tick"] % max(cfg.snap, 1) == 0
+            if di.main:
+                with signals.protect():  # a stop waits for this tick's files
+                    tag = snapshot_tag(state["cur_nimg"])
+                    if snapshot:
+                        training = {
+                            "resolution": info.resolution,
+                            "kimg": state["cur_nimg"] / 1000,
+                            "step": state["step"],
+                            "holdout_percent": cfg.holdout_percent,
+                            "config": json.loads(cfg.to_json()),
+                        }
+                        save_student(
+                            G_ema, arch, out / f"student-{tag}.safetensors", source, training
+                        )
+                        if done:
+                            save_student(G_ema, arch, out / "student.safetensors", source, training)
+                        if eval_set is not None and cfg.eval_pairs > 0:
+                            pred = run_student(G_ema, eval_set[0], device)
+                            metrics = heldout_metrics(pred, eval_set[0], eval_set[1])
+                            stats.update(
+                                {
+                                    eval_prefix + k.removeprefix("Eval/"): v
+                                    for k, v in metrics.items()
+                                }
+                            )
+                        if grid_set is not None and cfg.grid_pairs > 0:
+                            pred = run_student(G_ema, grid_set[0], device)
+                            grid = comparison_grid(grid_set[0], pred, grid_set[1])
+                            save_png(grid, out / f"grid{tag}.png")
+                            writer.add_image(
+                                "src_student_teacher",
+                                grid,
+                                global_step=state["cur_nimg"],
+                                dataformats="HWC",
+                            )
+                    with open(out / "stats.jsonl", "a") as f:
+                        f.write(json.dumps(stats) + "\n")
+                    for k, v in stats.items():
+                        writer.add_scalar(k, v, global_step=state["cur_nimg"])
+                    _save_resume(
+                        out / RESUME_FILE,
+                        state,
+                        (G, D, G_ema, opt_G, opt_D, scaler_G, scaler_D),
+                        di,
+                        cfg,
+                    )
+                    writer.flush()
+                    saved_nimg = state["cur_nimg"]
+            tick_start_nimg = state["cur_nimg"]
+            tick_start_time = time.time()
+    except Interrupted as e:
+        if bar is not None:
+            bar.close()
+            bar = None
+        if di.main:
+            where = (
+                f"the run resumes at {saved_nimg / 1000:g} kimg"
+                if saved_nimg is not None
+                else "nothing was saved yet (every tick saves), so a rerun starts from 0"
+            )
+            print(
+                f"student: stopped by {e.name} at {state['cur_nimg'] / 1000:g} kimg; {where}; "
+                "run the same command again to continue",
+                file=sys.stderr,
+            )
+        return dict(state, stopped=True, interrupted=e.name, exit_status=e.exit_status)
+    finally:
+        signals.restore()
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    return dict(state, stopped=stopped)
 
 
 # ---------------------------------------------------------------------------------------------
 # Resume state
-
-
-def _truncate_stats(path: Path, step: int) -> None:
-    """Drop stats lines written after the resume state of ``step`` (a kill between the two
-    writes of a tick), so a resumed run's ``stats.jsonl`` equals an uninterrupted one's."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = [x for x in lines if x.strip() and json.loads(x).get("Progress/step", 0) <= step]
-    if len(keep) != len(lines):
-        atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 
 def _networks(objects) -> dict[str, Any]:

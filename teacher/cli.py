@@ -37,11 +37,16 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise ValueError(f"output {out} must end in .safetensors")
     convert_checkpoint(args.src, out, which=args.which)
     info = read_model_info(out)
-    net = next(iter(info["networks"].values()))
-    print(
-        f"wrote {out}: {net['kind']}, {net['parameters']:,} parameters, "
-        f"{net['arch'].get('img_resolution')} px"
-    )
+    nets = info["networks"]
+    parts = [f"{k} ({v['kind']}, {v['parameters']:,} parameters)" for k, v in nets.items()]
+    res = next(iter(nets.values()))["arch"].get("img_resolution")
+    print(f"wrote {out}: {', '.join(parts)}, {res} px")
+    if args.which == "all" and "D" not in nets:
+        print(
+            f"{PROG}: note: {args.src} holds no discriminator we can read; fine-tuning from "
+            f"{out} needs --fresh-d (and no --freezed), projection uses no discriminator term",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -210,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("out", help="output .safetensors path")
     pi.add_argument(
         "--which",
-        default="G_ema",
-        choices=["G_ema", "G", "D"],
-        help="which network of a snapshot to convert (default G_ema)",
+        default="all",
+        choices=["all", "G_ema", "G", "D"],
+        help="networks to keep (default all the source holds: G, D and G_ema, so one file "
+        "serves fine-tuning, projection and rendering)",
     )
     pi.set_defaults(func=cmd_import)
 

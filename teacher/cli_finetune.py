@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from common.cli import add_deprecated_alias
 from common.runs import init_distributed
 from teacher.config import TrainConfig, make_config
 from teacher.dataset import ImageDataset
@@ -28,22 +29,27 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--kimg", type=float, default=None, help="length in thousands of images")
     p.add_argument(
-        "--tick",
+        "--tick-kimg",
         dest="tick_kimg",
         type=float,
         default=None,
         help="kimg per tick (stats and resume state every tick; default 4)",
     )
+    add_deprecated_alias(p, "--tick", "--tick-kimg", "tick_kimg", type=float)
     p.add_argument("--snap", type=int, default=None, help="ticks between network snapshots")
     p.add_argument("--batch", type=int, default=None, help="global batch size")
     p.add_argument(
         "--batch-gpu",
         type=int,
         default=None,
-        help="images per forward pass per process (gradient accumulation)",
+        help="images per forward/backward pass per process (gradient accumulation; default: "
+        "the largest that fits the device's memory)",
     )
     p.add_argument("--gamma", dest="r1_gamma", type=float, default=None, help="R1 weight")
-    p.add_argument("--lrate", type=float, default=None, help="learning rate of G and D")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of G and D")
+    add_deprecated_alias(p, "--lrate", "--lr", "lr", type=float)
+    p.add_argument("--glr", type=float, default=None, help="learning rate of G (over --lr)")
+    p.add_argument("--dlr", type=float, default=None, help="learning rate of D (over --lr)")
     p.add_argument("--mirror", action="store_true", help="add x-flipped copies of the data")
     p.add_argument("--cond", action="store_true", help="use labels from dataset.json")
     p.add_argument(
@@ -69,7 +75,13 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
         "--freezed",
         type=int,
         default=None,
-        help="freeze the first N discriminator layers from the image side",
+        help="freeze the first N layers, from the image side, of the discriminator of --base",
+    )
+    p.add_argument(
+        "--fresh-d",
+        action="store_true",
+        default=None,
+        help="start the discriminator from random weights (needed when --base holds no D)",
     )
     p.add_argument(
         "--freezeg",
@@ -86,7 +98,12 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
         help="keep the mapping network at the base's weights",
     )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="image-reading threads (default: one per spare core, at most 2)",
+    )
     p.add_argument(
         "--metrics",
         default=None,
@@ -95,6 +112,7 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inception", default=None, help="path of inception-2015-12-05.pt")
     p.add_argument("--vgg16", default=None, help="path of vgg16.pt")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -112,8 +130,10 @@ def config_from_args(args: argparse.Namespace, resolution: int, gpus: int) -> Tr
         "batch": args.batch,
         "batch_gpu": args.batch_gpu,
         "r1_gamma": args.r1_gamma,
-        "glr": args.lrate,
-        "dlr": args.lrate,
+        "glr": args.glr if args.glr is not None else args.lr,
+        "dlr": args.dlr if args.dlr is not None else args.lr,
+        "fresh_d": args.fresh_d,
+        "resolution": resolution,
         "augpipe": args.augpipe,
         "p": args.p,
         "ada_kimg": args.ada_kimg,
@@ -148,7 +168,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if di.main:
             print(json.dumps(json.loads(cfg.to_json()), indent=2))
         return 0
-    result = training_loop(cfg, di)
+    result = training_loop(cfg, di, progress=not args.quiet)
+    if result.get("interrupted"):
+        return result["exit_status"]  # the loop said where the run stands
     if di.main:
         print(f"done: {result['cur_nimg'] / 1000:.3f} kimg in {cfg.outdir}")
     return 0

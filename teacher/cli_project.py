@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -92,11 +93,38 @@ def _project_batch(G, D, crops, cfg: ProjectConfig, vgg16, device, desc: str):
     return result, target
 
 
+def loss_terms(
+    loss: str, vgg16: str | None, dfeat_weight: float, network: str, has_d: bool
+) -> tuple[str, list[str], str]:
+    """(kind, terms, why) of the projection distance the flags select, for the start line and
+    ``report.json``: ``vgg`` (perceptual) or ``pixel`` (image pyramid, plus discriminator
+    features when the network file holds D and the weight is positive)."""
+    if loss == "vgg" or (loss == "auto" and vgg16):
+        return "vgg", ["vgg16 perceptual"], f"--vgg16 {vgg16}"
+    terms = ["pixel pyramid mse"]
+    if dfeat_weight <= 0:
+        why = "--dfeat-weight 0"
+    elif not has_d:
+        why = (
+            f"{network} holds no discriminator, so the discriminator-feature term is off "
+            "(toon-teacher import keeps D)"
+        )
+    else:
+        terms.append(f"{dfeat_weight:g} x discriminator features")
+        why = f"the discriminator of {network}"
+    if loss == "auto":
+        why += "; no --vgg16, so no perceptual term (NVIDIA's vgg16.pt projects better)"
+    return "pixel", terms, why
+
+
 def cmd_project(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     G = load_generator(args.network).to(device)
+    has_d = "D" in read_networks(args.network)
+    kind, terms, why = loss_terms(args.loss, args.vgg16, args.dfeat_weight, args.network, has_d)
+    print(f"project: loss = {' + '.join(terms)} ({why})", file=sys.stderr)
     D = None
-    if args.loss != "vgg" and args.dfeat_weight > 0 and "D" in read_networks(args.network):
+    if kind == "pixel" and args.dfeat_weight > 0 and has_d:
         D = load_discriminator(args.network).to(device)
     cfg = ProjectConfig(
         space=args.space,
@@ -164,7 +192,9 @@ def cmd_project(args: argparse.Namespace) -> int:
         "network": str(args.network),
         "space": cfg.space,
         "steps": cfg.steps,
-        "loss": "vgg" if (args.loss == "vgg" or (args.loss == "auto" and args.vgg16)) else "pixel",
+        "loss": kind,
+        "loss_terms": terms,
+        "loss_why": why,
         "optimize_noise": cfg.optimize_noise,
         "images": report,
     }
@@ -197,6 +227,10 @@ def cmd_toonify(args: argparse.Namespace) -> int:
     cfg = ProjectConfig(
         space=args.space, steps=args.steps, loss=args.loss, optimize_noise=False, seed=args.seed
     )
+    kind, terms, why = loss_terms(args.loss, args.vgg16, 0.0, args.base, False)
+    if kind == "pixel":  # toonify has no discriminator term
+        why = "toonify uses no discriminator term" + why[len("--dfeat-weight 0") :]
+    print(f"toonify: projection loss = {' + '.join(terms)} ({why})", file=sys.stderr)
     t = time.time()
     res, target = _project_batch(
         base, None, [f.crop[:, :, :3] for f in faces], cfg, args.vgg16, device, desc="project"

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from common.runs import default_workers
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -69,7 +71,8 @@ class TrainConfig:
     ada_kimg: float | None = None  # None: 100 when starting from a base, else 500 (NVIDIA)
 
     # Transfer
-    freezed: int = 0
+    freezed: int = 0  # freeze the first N discriminator layers (needs a trained D from --base)
+    fresh_d: bool = False  # start D from random weights (required when --base holds no D)
     freezeg: int = 0  # keep the generator's blocks up to this resolution at the base's weights
     freeze_mapping: bool = False  # keep the mapping network at the base's weights
 
@@ -78,7 +81,7 @@ class TrainConfig:
     tick_kimg: float = 4.0
     snap: int = 8  # ticks between snapshots
     seed: int = 0
-    workers: int = 2
+    workers: int = 2  # image-reading threads; make_config's default: one per spare core, <= 2
     metrics: tuple[str, ...] = ()
     inception: str = ""
     vgg16: str = ""
@@ -102,6 +105,9 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+
+# Fields added since older run directories were written, with the behaviour those runs had.
+ADDED_FIELDS: dict[str, Any] = {"fresh_d": False, "freezeg": 0, "freeze_mapping": False}
 
 # Values from NVIDIA's stylegan2-ada-pytorch train.py (cfg_specs); fmaps -> channel_base.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -194,7 +200,9 @@ def make_config(
     values = resolve_preset(preset, resolution, gpus)
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["preset"] = preset
+    if "workers" not in values:
+        values["workers"] = default_workers(2)
     return TrainConfig.from_dict(values)
 
 
-__all__ = ["PRESETS", "TrainConfig", "auto_preset", "make_config", "resolve_preset"]
+__all__ = ["ADDED_FIELDS", "PRESETS", "TrainConfig", "auto_preset", "make_config", "resolve_preset"]

@@ -253,8 +253,20 @@ def save_network(
 def convert_checkpoint(
     src: str | os.PathLike, out: str | os.PathLike, which: str = "G_ema"
 ) -> Path:
-    """Convert any supported checkpoint's generator (or ``which="D"``) to our safetensors."""
+    """Convert any supported checkpoint to our safetensors.
+
+    ``which="all"``: every network the source holds (G, D, G_ema), as one snapshot file when
+    there are several, so one file serves fine-tuning (G, D), projection (G_ema, D) and
+    rendering (G_ema); ``"G_ema"``, ``"G"`` or ``"D"``: that network alone.
+    """
     specs = read_networks(src)
+    if which == "all":
+        keys = [k for k in ("G", "D", "G_ema") if k in specs]
+        if len(keys) > 1:
+            main = specs.get("G_ema") or specs[keys[0]]
+            nets = {k: specs[k].build() for k in keys}
+            return save_snapshot(nets, out, source=main.source)
+        which = keys[0]
     if which not in specs:
         has = ", ".join(sorted(specs)) or "nothing"
         raise CheckpointError(f"{src}: holds no {which!r} (it holds {has})")

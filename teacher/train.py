@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,18 +40,24 @@ from common.images import make_grid, save_png
 from common.runs import (
     RESUME_FILE,
     DistInfo,
+    Interrupted,
+    StopSignals,
     TrainError,
     all_reduce_,
     kimg_bar,
     load_resume_state,
+    peak_label,
+    peak_memory,
     prepare_run_dir,
     save_resume_state,
     snapshot_tag,
+    trim_log,
 )
 from teacher.augment import make_augment_pipe
 from teacher.blend import block_resolution_of
-from teacher.config import TrainConfig
+from teacher.config import ADDED_FIELDS, TrainConfig
 from teacher.dataset import ImageDataset, index_stream
+from teacher.footprint import choose_batch_gpu
 from teacher.io import read_networks, save_snapshot
 from teacher.loss import LatentDraw, StyleGAN2Loss
 from teacher.networks import Discriminator, Generator
@@ -79,9 +87,16 @@ def _build_networks(
             raise TrainError(
                 f"data has {c_dim} label dims but {cfg.base} expects {g_spec.arch['c_dim']}"
             )
+        if "D" not in specs and not cfg.fresh_d:
+            raise TrainError(
+                f"{cfg.base} holds no discriminator (it holds {', '.join(sorted(specs))}); "
+                "import the original snapshot again (toon-teacher import keeps G, D and G_ema) "
+                "or pass --fresh-d to train a new discriminator from random weights"
+            )
+        _check_freezed(cfg, fresh=cfg.fresh_d or "D" not in specs)
         G = g_spec.build().train()
         G_ema = ema_spec.build().eval()
-        if "D" in specs:
+        if "D" in specs and not cfg.fresh_d:
             d_arch = dict(specs["D"].arch)
             d_arch.update(freeze_layers=cfg.freezed, mbstd_group_size=cfg.mbstd_group_size)
             D = Discriminator(**d_arch)
@@ -89,7 +104,10 @@ def _build_networks(
         else:
             D = _fresh_discriminator(cfg, G)
         source = {"base": dict(g_spec.source), "base_has_D": "D" in specs}
+        if cfg.fresh_d:
+            source["fresh_d"] = True
     else:
+        _check_freezed(cfg, fresh=True)
         G = Generator(
             z_dim=cfg.z_dim,
             c_dim=c_dim,
@@ -131,6 +149,17 @@ def trainable_g_params(
         else:
             keep.append(p)
     return keep
+
+
+def _check_freezed(cfg: TrainConfig, fresh: bool) -> None:
+    """FreezeD keeps trained layers of the base's discriminator; freezing random ones would
+    only cripple the new discriminator."""
+    if cfg.freezed > 0 and fresh:
+        raise TrainError(
+            f"--freezed {cfg.freezed} would freeze layers of a new, randomly initialised "
+            "discriminator; give a --base that holds D (toon-teacher import keeps it) or drop "
+            "--freezed"
+        )
 
 
 def _fresh_discriminator(cfg: TrainConfig, G: Generator) -> Discriminator:
@@ -249,12 +278,17 @@ def training_loop(
     if cfg.batch % di.world:
         raise TrainError(f"--batch {cfg.batch} is not divisible by {di.world} processes")
     local_batch = cfg.batch // di.world
-    batch_gpu = cfg.batch_gpu or local_batch
-    if local_batch % batch_gpu:
-        raise TrainError(f"--batch-gpu {batch_gpu} must divide the per-process batch {local_batch}")
+    if cfg.batch_gpu and local_batch % cfg.batch_gpu:
+        raise TrainError(
+            f"--batch-gpu {cfg.batch_gpu} must divide the per-process batch {local_batch}"
+        )
     force_fp32 = device.type != "cuda"
     out = Path(cfg.outdir)
-    resuming = prepare_run_dir(cfg.outdir, cfg.to_json(), free={"kimg"}) if di.main else False
+    resuming = False
+    if di.main:
+        # workers and resolution change no result (resolution: 0 in runs of older versions)
+        free = {"kimg", "workers", "resolution"}
+        resuming = prepare_run_dir(cfg.outdir, cfg.to_json(), free=free, defaults=ADDED_FIELDS)
     if di.world > 1:
         flag = torch.tensor([int(resuming)])
         dist.broadcast(flag, 0)
@@ -264,14 +298,26 @@ def training_loop(
     if di.main:
         data.check_all()
     G, D, G_ema, source = _build_networks(cfg, data.resolution, data.label_dim, device)
-    if batch_gpu % min(cfg.mbstd_group_size, batch_gpu):
-        raise TrainError(
-            f"chunks of {batch_gpu} images do not split into mbstd groups of {cfg.mbstd_group_size}"
-        )
     aug = _make_augment(cfg, device)
     loss = StyleGAN2Loss(
         G, D, aug, cfg.r1_gamma, cfg.pl_weight, cfg.pl_decay, cfg.noise_mode, force_fp32
     )
+    if cfg.batch_gpu:
+        batch_gpu, why = cfg.batch_gpu, "--batch-gpu"
+    else:
+        batch_gpu, why = choose_batch_gpu(
+            local_batch,
+            cfg.mbstd_group_size,
+            G,
+            D,
+            device,
+            lambda b: _probe_pass(loss, G, D, cfg, b, device),
+            processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        )
+    if batch_gpu % min(cfg.mbstd_group_size, batch_gpu):
+        raise TrainError(
+            f"chunks of {batch_gpu} images do not split into mbstd groups of {cfg.mbstd_group_size}"
+        )
     g_trainable = trainable_g_params(G, G_ema, cfg.freezeg, cfg.freeze_mapping)
     opt_G = _make_optimizer(g_trainable, cfg.glr, cfg.betas, cfg.eps, cfg.g_reg_interval)
     opt_D = _make_optimizer(D.parameters(), cfg.dlr, cfg.betas, cfg.eps, cfg.d_reg_interval)
@@ -291,11 +337,28 @@ def training_loop(
         state = _load_resume(out / RESUME_FILE, G, D, G_ema, opt_G, opt_D, aug, loss, rng)
     # NVIDIA uses a faster ADA adjustment (100 kimg instead of 500) when starting from a base.
     ada_kimg = cfg.ada_kimg if cfg.ada_kimg is not None else (100.0 if cfg.base else 500.0)
+    total_nimg = int(cfg.kimg * 1000)
 
     writer = None
     if di.main:
         from torch.utils.tensorboard import SummaryWriter
 
+        passes = local_batch // batch_gpu
+        print(
+            f"finetune: {G.img_resolution}px, {device.type}, {di.world} process(es); batch "
+            f"{cfg.batch} in {passes} pass(es) of {batch_gpu} image(s) ({why}); "
+            + (
+                f"resumed at {state['cur_nimg'] / 1000:g} kimg of {total_nimg / 1000:g}"
+                if resuming
+                else f"{total_nimg / 1000:g} kimg"
+            ),
+            file=sys.stderr,
+        )
+        # The logs end where the resume state does (a stop or kill after it wrote more).
+        done_nimg = state["cur_nimg"]
+        trim_log(
+            out, "stats.jsonl", lambda x: round(x["Progress/kimg"] * 1000) <= done_nimg, done_nimg
+        )
         writer = SummaryWriter(str(out))
         if not resuming:
             reals = [data[i][0].transpose(1, 2, 0) for i in range(min(len(data), cfg.grid_seeds))]
@@ -305,12 +368,24 @@ def training_loop(
     )
     grid_c = c_sampler(cfg.grid_seeds, torch.Generator().manual_seed(123))
 
-    total_nimg = int(cfg.kimg * 1000)
     tick_nimg = max(int(cfg.tick_kimg * 1000), 1)
     tick_start_nimg = state["cur_nimg"]
     tick_start_time = time.time()
     sums: dict[str, float] = {}
-    bar = kimg_bar(total_nimg, state["cur_nimg"], "finetune") if di.main and progress else None
+    bar = None
+    if di.main and progress:
+        bar = kimg_bar(
+            total_nimg,
+            state["cur_nimg"],
+            "finetune",
+            peak=lambda: peak_memory(device),
+            peak_label=peak_label(device),
+        )
+
+    def note(phase: str, start: int, n: int, size: int) -> None:
+        if bar is not None and n > size:  # several passes: show which one runs
+            bar.note(f"{phase} pass {start // size + 1}/{-(-n // size)}")
+
     steps_this_call = 0
     num_ws = G.num_ws
 
@@ -328,198 +403,276 @@ def training_loop(
 
     loader = ThreadPoolExecutor(max_workers=cfg.workers) if cfg.workers > 0 else None
     pending: dict[int, Any] = {}
+    saved_nimg = state["cur_nimg"] if resuming else None  # where a rerun starts
+    stopped = False
+    signals = StopSignals("finetune")
+    try:
+        signals.install()
+        while state["cur_nimg"] < total_nimg:
+            step = state["step"]
+            # -- data: this process's slice of the global batch -----------------------------------
+            images, labels_np = (
+                pending.pop(step) if step in pending else _Done(load_step(step))
+            ).result()
+            pending[step + 1] = (
+                loader.submit(load_step, step + 1) if loader else _Done(load_step(step + 1))
+            )
+            real = torch.from_numpy(images).to(device).float() / 127.5 - 1
+            real_c = torch.from_numpy(labels_np).to(device)
+            draws = draw_step_inputs(rng, cfg, G, num_ws, c_sampler)
+            sl = _rank_slice(cfg.batch, di.world, di.rank)
 
-    while state["cur_nimg"] < total_nimg:
-        step = state["step"]
-        # -- data: this process's slice of the global batch -----------------------------------
-        images, labels_np = (
-            pending.pop(step) if step in pending else _Done(load_step(step))
-        ).result()
-        pending[step + 1] = (
-            loader.submit(load_step, step + 1) if loader else _Done(load_step(step + 1))
-        )
-        real = torch.from_numpy(images).to(device).float() / 127.5 - 1
-        real_c = torch.from_numpy(labels_np).to(device)
-        draws = draw_step_inputs(rng, cfg, G, num_ws, c_sampler)
-        sl = _rank_slice(cfg.batch, di.world, di.rank)
-
-        # -- G main -------------------------------------------------------------------------
-        for p in g_trainable:
-            p.requires_grad_(True)
-        D.requires_grad_(False)
-        opt_G.zero_grad(set_to_none=True)
-        draw = _local(draws["G"], sl, device)
-        for start in range(0, local_batch, batch_gpu):
-            lg = loss.g_main(draw.slice(start, start + batch_gpu), denom=cfg.batch)
-            lg.backward()
-            add("Loss/G/loss", lg.item() * cfg.batch / batch_gpu)
-        _sum_grads(G, di.world)
-        opt_G.step()
-        loss.update_w_avg(di.world)
-
-        # -- G path-length regularization ------------------------------------------------------
-        if cfg.pl_weight > 0 and cfg.g_reg_interval > 0 and step % cfg.g_reg_interval == 0:
+            # -- G main -------------------------------------------------------------------------
+            for p in g_trainable:
+                p.requires_grad_(True)
+            D.requires_grad_(False)
             opt_G.zero_grad(set_to_none=True)
-            pl_b = draws["pl_noise"].shape[0]
-            pl_sl = _rank_slice(pl_b, di.world, di.rank)
-            draw = _local(draws["Gpl"], pl_sl, device)
-            noise = draws["pl_noise"][pl_sl].to(device)
-            chunk = max(batch_gpu // cfg.pl_batch_shrink, 1)
-            length_sum = 0.0
-            for start in range(0, draw.z.shape[0], chunk):
-                lp, lengths = loss.g_pl(
-                    draw.slice(start, start + chunk), noise[start : start + chunk], denom=pl_b
-                )
-                (lp * cfg.g_reg_interval).backward()
-                length_sum += float(lengths.sum())
-                add("Loss/pl_penalty", lp.item() * pl_b / max(lengths.numel(), 1))
+            draw = _local(draws["G"], sl, device)
+            for start in range(0, local_batch, batch_gpu):
+                note("G", start, local_batch, batch_gpu)
+                lg = loss.g_main(draw.slice(start, start + batch_gpu), denom=cfg.batch)
+                lg.backward()
+                add("Loss/G/loss", lg.item() * cfg.batch / batch_gpu)
             _sum_grads(G, di.world)
             opt_G.step()
             loss.update_w_avg(di.world)
-            (total_len,) = _all_sum([length_sum], di.world)
-            loss.update_pl_mean(torch.tensor(total_len / pl_b, dtype=torch.float32))
 
-        # -- D main (+ R1 every d_reg_interval steps) --------------------------------------------
-        G.requires_grad_(False)
-        D.requires_grad_(True)
-        do_r1 = cfg.r1_gamma > 0 and cfg.d_reg_interval > 0 and step % cfg.d_reg_interval == 0
-        opt_D.zero_grad(set_to_none=True)
-        draw = _local(draws["D"], sl, device)
-        sign_sum = 0.0
-        for start in range(0, local_batch, batch_gpu):
-            lf = loss.d_fake(draw.slice(start, start + batch_gpu), denom=cfg.batch)
-            lr_, logits = loss.d_real(
-                real[start : start + batch_gpu],
-                real_c[start : start + batch_gpu],
-                True,
-                False,
-                cfg.batch,
-            )
-            (lf + lr_).backward()
-            sign_sum += float(logits.sign().sum())
-            add("Loss/D/loss", (lf + lr_).item() * cfg.batch / batch_gpu)
-            add("Loss/scores/real", float(logits.mean()))
-        _sum_grads(D, di.world)
-        opt_D.step()
-        loss.update_w_avg(di.world)
-        if do_r1:
+            # -- G path-length regularization ------------------------------------------------------
+            if cfg.pl_weight > 0 and cfg.g_reg_interval > 0 and step % cfg.g_reg_interval == 0:
+                opt_G.zero_grad(set_to_none=True)
+                pl_b = draws["pl_noise"].shape[0]
+                pl_sl = _rank_slice(pl_b, di.world, di.rank)
+                draw = _local(draws["Gpl"], pl_sl, device)
+                noise = draws["pl_noise"][pl_sl].to(device)
+                chunk = max(batch_gpu // cfg.pl_batch_shrink, 1)
+                length_sum = 0.0
+                for start in range(0, draw.z.shape[0], chunk):
+                    note("path length", start, draw.z.shape[0], chunk)
+                    lp, lengths = loss.g_pl(
+                        draw.slice(start, start + chunk),
+                        noise[start : start + chunk],
+                        denom=pl_b,
+                    )
+                    (lp * cfg.g_reg_interval).backward()
+                    length_sum += float(lengths.sum())
+                    add("Loss/pl_penalty", lp.item() * pl_b / max(lengths.numel(), 1))
+                _sum_grads(G, di.world)
+                opt_G.step()
+                loss.update_w_avg(di.world)
+                (total_len,) = _all_sum([length_sum], di.world)
+                loss.update_pl_mean(torch.tensor(total_len / pl_b, dtype=torch.float32))
+
+            # -- D main (+ R1 every d_reg_interval steps) ------------------------------------------
+            G.requires_grad_(False)
+            D.requires_grad_(True)
+            do_r1 = cfg.r1_gamma > 0 and cfg.d_reg_interval > 0 and step % cfg.d_reg_interval == 0
             opt_D.zero_grad(set_to_none=True)
+            draw = _local(draws["D"], sl, device)
+            sign_sum = 0.0
             for start in range(0, local_batch, batch_gpu):
-                l1, _ = loss.d_real(
+                note("D", start, local_batch, batch_gpu)
+                lf = loss.d_fake(draw.slice(start, start + batch_gpu), denom=cfg.batch)
+                lr_, logits = loss.d_real(
                     real[start : start + batch_gpu],
                     real_c[start : start + batch_gpu],
-                    False,
                     True,
+                    False,
                     cfg.batch,
                 )
-                (l1 * cfg.d_reg_interval).backward()
-                add("Loss/r1_penalty", l1.item() * cfg.batch / batch_gpu)
+                (lf + lr_).backward()
+                sign_sum += float(logits.sign().sum())
+                add("Loss/D/loss", (lf + lr_).item() * cfg.batch / batch_gpu)
+                add("Loss/scores/real", float(logits.mean()))
             _sum_grads(D, di.world)
             opt_D.step()
+            loss.update_w_avg(di.world)
+            if do_r1:
+                opt_D.zero_grad(set_to_none=True)
+                for start in range(0, local_batch, batch_gpu):
+                    note("R1", start, local_batch, batch_gpu)
+                    l1, _ = loss.d_real(
+                        real[start : start + batch_gpu],
+                        real_c[start : start + batch_gpu],
+                        False,
+                        True,
+                        cfg.batch,
+                    )
+                    (l1 * cfg.d_reg_interval).backward()
+                    add("Loss/r1_penalty", l1.item() * cfg.batch / batch_gpu)
+                _sum_grads(D, di.world)
+                opt_D.step()
+            G.requires_grad_(False)
+            D.requires_grad_(False)
+
+            # -- EMA -------------------------------------------------------------------------------
+            state["cur_nimg"] += cfg.batch
+            state["step"] += 1
+            ema_nimg = cfg.ema_kimg * 1000
+            if cfg.ema_rampup is not None:
+                ema_nimg = min(ema_nimg, state["cur_nimg"] * cfg.ema_rampup)
+            ema_beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+            with torch.no_grad():
+                for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+                    p_ema.copy_(p.detach().lerp(p_ema, ema_beta))
+                for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+                    b_ema.copy_(b)
+
+            # -- ADA -------------------------------------------------------------------------------
+            state["ada_sign_sum"] += sign_sum
+            state["ada_sign_n"] += local_batch
+            if aug is not None and cfg.target is not None and state["step"] % cfg.ada_interval == 0:
+                s, n = _all_sum([state["ada_sign_sum"], state["ada_sign_n"]], di.world)
+                state["r_t"] = s / max(n, 1)
+                adjust = (
+                    np.sign(state["r_t"] - cfg.target)
+                    * (cfg.batch * cfg.ada_interval)
+                    / (ada_kimg * 1000)
+                )
+                aug.p.copy_(torch.clamp(aug.p + float(adjust), 0.0, 1.0))
+                state["ada_sign_sum"] = 0.0
+                state["ada_sign_n"] = 0.0
+
+            steps_this_call += 1
+            if bar is not None:
+                bar.update_to(state["cur_nimg"])
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                stopped = True
+                break
+
+            # -- tick: stats, resume state, snapshot ---------------------------------------------
+            done = state["cur_nimg"] >= total_nimg
+            if not done and state["cur_nimg"] < tick_start_nimg + tick_nimg:
+                continue
+            state["tick"] += 1
+            now = time.time()
+            kimg_done = (state["cur_nimg"] - tick_start_nimg) / 1000
+            stats = {k: v / sums[k + "#n"] for k, v in sums.items() if not k.endswith("#n")}
+            stats.update(
+                {
+                    "Progress/tick": state["tick"],
+                    "Progress/kimg": state["cur_nimg"] / 1000,
+                    "Progress/augment": float(aug.p) if aug is not None else 0.0,
+                    "Progress/r_t": state["r_t"],
+                    "Timing/sec_per_kimg": (now - tick_start_time) / max(kimg_done, 1e-8),
+                }
+            )
+            stats["Timing/images_per_sec"] = kimg_done * 1000 / max(now - tick_start_time, 1e-8)
+            peak_key = "gpu_mem" if device.type == "cuda" else "rss"  # CUDA: tensors; CPU: process
+            stats[f"Resources/peak_{peak_key}_gb"] = peak_memory(device) / 2**30
+            sums.clear()
+            snapshot = done or state["tick"] % max(cfg.snap, 1) == 0
+            if di.main:
+                with signals.protect():  # a stop waits for this tick's files
+                    _save_resume(
+                        out / RESUME_FILE, state, G, D, G_ema, opt_G, opt_D, aug, loss, rng
+                    )
+                    with open(out / "stats.jsonl", "a") as f:
+                        f.write(json.dumps(stats) + "\n")
+                    for k, v in stats.items():
+                        writer.add_scalar(k, v, global_step=state["cur_nimg"])
+                    if snapshot:
+                        kimg_tag = snapshot_tag(state["cur_nimg"])
+                        save_snapshot(
+                            {"G": G, "D": D, "G_ema": G_ema},
+                            out / f"network-snapshot-{kimg_tag}.safetensors",
+                            source=source,
+                            extra={
+                                "training": {
+                                    "kimg": state["cur_nimg"] / 1000,
+                                    "augment_p": float(aug.p) if aug is not None else 0.0,
+                                    "config": json.loads(cfg.to_json()),
+                                }
+                            },
+                        )
+                        grid = _render_grid(G_ema, grid_z, grid_c, batch_gpu, device)
+                        save_png(grid, out / f"fakes{kimg_tag}.png")
+                        writer.add_image(
+                            "fakes", grid, global_step=state["cur_nimg"], dataformats="HWC"
+                        )
+                    writer.flush()
+                    saved_nimg = state["cur_nimg"]
+                if snapshot and cfg.metrics:  # may take long: a stop does not wait for it
+                    _run_metrics(cfg, G_ema, data, device, out, state, writer)
+            tick_start_nimg = state["cur_nimg"]
+            tick_start_time = time.time()
+
+    except Interrupted as e:
+        if bar is not None:
+            bar.close()
+            bar = None
+        if di.main:
+            where = (
+                f"the run resumes at {saved_nimg / 1000:g} kimg"
+                if saved_nimg is not None
+                else "nothing was saved yet (every tick saves), so a rerun starts from 0"
+            )
+            print(
+                f"finetune: stopped by {e.name} at {state['cur_nimg'] / 1000:g} kimg; {where}; "
+                "run the same command again to continue",
+                file=sys.stderr,
+            )
+        return dict(state, stopped=True, interrupted=e.name, exit_status=e.exit_status)
+    finally:
+        signals.restore()
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        if loader is not None:
+            loader.shutdown(wait=False, cancel_futures=True)
+    return dict(state, stopped=stopped)
+
+
+def _render_grid(G_ema, grid_z, grid_c, batch: int, device: torch.device) -> np.ndarray:
+    """The snapshot's image grid, rendered in chunks of the pass size (memory)."""
+    force_fp32 = device.type != "cuda"
+    images = []
+    with torch.no_grad():
+        for i in range(0, grid_z.shape[0], batch):
+            imgs = G_ema(
+                grid_z[i : i + batch].to(device),
+                grid_c[i : i + batch].to(device),
+                noise_mode="const",
+                force_fp32=force_fp32,
+            )
+            images += list(to_uint8(imgs))
+    return make_grid(images)
+
+
+def _probe_pass(loss: StyleGAN2Loss, G, D, cfg: TrainConfig, b: int, device) -> None:
+    """One pass of every phase at ``b`` images on random inputs (the CUDA memory probe).
+    Gradients are dropped and the RNG states and w statistics restored, so the run is the same
+    as with ``--batch-gpu b`` given."""
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    gen = torch.Generator().manual_seed(0)
+    try:
+        res = G.img_resolution
+        z = torch.randn([b, G.z_dim], generator=gen).to(device)
+        c = torch.zeros([b, G.c_dim], device=device)
+        draw = LatentDraw(z, c, z, G.num_ws)
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        loss.g_main(draw, denom=b).backward()
+        pl_n = max(b // cfg.pl_batch_shrink, 1)
+        noise = torch.randn([pl_n, G.img_channels, res, res], generator=gen).to(device)
+        loss.g_pl(draw.slice(0, pl_n), noise, denom=pl_n)[0].backward()
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        real = torch.rand([b, G.img_channels, res, res], generator=gen).to(device) * 2 - 1
+        (loss.d_fake(draw, denom=b) + loss.d_real(real, c, True, True, b)[0]).backward()
+    finally:
         G.requires_grad_(False)
         D.requires_grad_(False)
-
-        # -- EMA --------------------------------------------------------------------------------
-        state["cur_nimg"] += cfg.batch
-        state["step"] += 1
-        ema_nimg = cfg.ema_kimg * 1000
-        if cfg.ema_rampup is not None:
-            ema_nimg = min(ema_nimg, state["cur_nimg"] * cfg.ema_rampup)
-        ema_beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
-        with torch.no_grad():
-            for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-                p_ema.copy_(p.detach().lerp(p_ema, ema_beta))
-            for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
-                b_ema.copy_(b)
-
-        # -- ADA ----------------------------------------------------------------------------------
-        state["ada_sign_sum"] += sign_sum
-        state["ada_sign_n"] += local_batch
-        if aug is not None and cfg.target is not None and state["step"] % cfg.ada_interval == 0:
-            s, n = _all_sum([state["ada_sign_sum"], state["ada_sign_n"]], di.world)
-            state["r_t"] = s / max(n, 1)
-            adjust = (
-                np.sign(state["r_t"] - cfg.target)
-                * (cfg.batch * cfg.ada_interval)
-                / (ada_kimg * 1000)
-            )
-            aug.p.copy_(torch.clamp(aug.p + float(adjust), 0.0, 1.0))
-            state["ada_sign_sum"] = 0.0
-            state["ada_sign_n"] = 0.0
-
-        steps_this_call += 1
-        if bar is not None:
-            bar.update_to(state["cur_nimg"])
-        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-            if bar is not None:
-                bar.close()
-            if loader is not None:
-                loader.shutdown(wait=False, cancel_futures=True)
-            return dict(state, stopped=True)
-
-        # -- tick: stats, resume state, snapshot ---------------------------------------------
-        done = state["cur_nimg"] >= total_nimg
-        if not done and state["cur_nimg"] < tick_start_nimg + tick_nimg:
-            continue
-        state["tick"] += 1
-        now = time.time()
-        kimg_done = (state["cur_nimg"] - tick_start_nimg) / 1000
-        stats = {k: v / sums[k + "#n"] for k, v in sums.items() if not k.endswith("#n")}
-        stats.update(
-            {
-                "Progress/tick": state["tick"],
-                "Progress/kimg": state["cur_nimg"] / 1000,
-                "Progress/augment": float(aug.p) if aug is not None else 0.0,
-                "Progress/r_t": state["r_t"],
-                "Timing/sec_per_kimg": (now - tick_start_time) / max(kimg_done, 1e-8),
-            }
-        )
+        for net in (G, D):
+            net.zero_grad(set_to_none=True)
+        loss.w_sum, loss.w_count = None, 0
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng:
+            torch.cuda.set_rng_state_all(cuda_rng)
         if device.type == "cuda":
-            stats["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        sums.clear()
-        snapshot = done or state["tick"] % max(cfg.snap, 1) == 0
-        if di.main:
-            with open(out / "stats.jsonl", "a") as f:
-                f.write(json.dumps(stats) + "\n")
-            for k, v in stats.items():
-                writer.add_scalar(k, v, global_step=int(state["cur_nimg"] / 1000 * 1000))
-            _save_resume(out / RESUME_FILE, state, G, D, G_ema, opt_G, opt_D, aug, loss, rng)
-            if snapshot:
-                kimg_tag = snapshot_tag(state["cur_nimg"])
-                save_snapshot(
-                    {"G": G, "D": D, "G_ema": G_ema},
-                    out / f"network-snapshot-{kimg_tag}.safetensors",
-                    source=source,
-                    extra={
-                        "training": {
-                            "kimg": state["cur_nimg"] / 1000,
-                            "augment_p": float(aug.p) if aug is not None else 0.0,
-                            "config": json.loads(cfg.to_json()),
-                        }
-                    },
-                )
-                with torch.no_grad():
-                    imgs = G_ema(
-                        grid_z.to(device),
-                        grid_c.to(device),
-                        noise_mode="const",
-                        force_fp32=force_fp32,
-                    )
-                grid = make_grid(list(to_uint8(imgs)))
-                save_png(grid, out / f"fakes{kimg_tag}.png")
-                writer.add_image("fakes", grid, global_step=state["cur_nimg"], dataformats="HWC")
-                if cfg.metrics:
-                    _run_metrics(cfg, G_ema, data, device, out, state, writer)
-            writer.flush()
-        tick_start_nimg = state["cur_nimg"]
-        tick_start_time = time.time()
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-    if loader is not None:
-        loader.shutdown(wait=False, cancel_futures=True)
-    return dict(state, stopped=False)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
 
 
 def _run_metrics(cfg, G_ema, data, device, out: Path, state: dict, writer) -> None:

@@ -54,6 +54,10 @@ TORCH_FREE = [
     "export.serve_middleware",
     "export.serve_net",
     "export.serve_service",
+    "export.tracking",
+    "export.video",
+    "export.video_io",
+    "export.video_paste",
 ]
 
 

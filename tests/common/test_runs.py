@@ -112,3 +112,116 @@ def test_kimg_bar_lands_exactly_on_its_total(capsys: pytest.CaptureFixture[str])
     assert not [w for w in caught if "clamping" in str(w.message)]
     err = capsys.readouterr().err
     assert "1.000/1.000 kimg" in err and "<-" not in err
+
+
+def test_pass_batch_choice_follows_the_memory_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """paper256's estimate (3.5 GiB fixed, 0.6 GiB per image) and batch 64 in minibatch-std
+    groups of 8: the pass grows with the memory, never past what fits in 80% of it."""
+    from common.runs import GiB, available_memory, choose_pass_batch, pass_batches
+
+    assert pass_batches(64, 8) == [64, 32, 16, 8]
+    assert pass_batches(4, 8) == [4, 2, 1]  # smaller than a group: the group shrinks to it
+    assert pass_batches(6, 1) == [6, 3, 2, 1]
+    fixed, per = 3.5 * GiB, 0.6 * GiB
+    assert choose_pass_batch(64, per, fixed, 100 * GiB, 8) == 64  # 3.5 + 38.4 <= 80
+    assert choose_pass_batch(64, per, fixed, 21 * GiB, 8) == 16  # 13.1 <= 16.8 < 22.7
+    assert choose_pass_batch(64, per, fixed, 11 * GiB, 8) == 8  # 8.3 <= 8.8
+    assert choose_pass_batch(64, per, fixed, 4 * GiB, 8) == 8  # nothing fits: the smallest
+    monkeypatch.setenv("TOON_MEMORY_GB", "12.5")
+    assert available_memory(torch.device("cpu")) == int(12.5 * GiB)
+    monkeypatch.delenv("TOON_MEMORY_GB")
+    assert 0 < available_memory(torch.device("cpu"))
+
+
+def test_probe_halves_until_a_pass_fits() -> None:
+    from common.runs import probe_pass_batch
+
+    tried = []
+
+    def try_pass(b: int) -> None:
+        tried.append(b)
+        if b > 4:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory at {b}")
+
+    assert probe_pass_batch([32, 16, 8, 4, 2], try_pass) == 4
+    assert tried == [32, 16, 8, 4]
+    with pytest.raises(TrainError, match="even a pass of 8 image"):
+        probe_pass_batch([16, 8], try_pass)
+
+
+def test_stop_signals_wait_for_a_protected_write() -> None:
+    import os
+    import signal
+
+    from common.runs import Interrupted, StopSignals
+
+    before = signal.getsignal(signal.SIGINT)
+    order = []
+    with StopSignals("test") as stops:
+        with pytest.raises(Interrupted) as info:
+            with stops.protect():
+                os.kill(os.getpid(), signal.SIGINT)
+                order.append("write finished")  # the signal waits for the block
+        assert order == ["write finished"] and info.value.exit_status == 130
+        with pytest.raises(Interrupted):
+            with stops.protect():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)  # a second one abandons the write
+                order.append("not reached")
+        assert order == ["write finished"]
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)  # outside a write: at once
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_trim_log_drops_lines_and_events_past_the_resume_state(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from torch.utils.tensorboard import SummaryWriter
+
+    from common.runs import trim_log
+
+    w = SummaryWriter(str(tmp_path))
+    for step in (8, 16, 24):
+        w.add_scalar("loss", float(step), global_step=step)
+    w.close()
+    late = tmp_path / "events.out.tfevents.9999999999.host.2.0"  # a second run, only past 16
+    w = SummaryWriter(str(tmp_path), filename_suffix=".late")
+    w.add_scalar("loss", 1.0, global_step=24)
+    w.close()
+    (first,) = [p for p in tmp_path.glob("events.*") if not p.name.endswith(".late")]
+    (second,) = tmp_path.glob("events.*.late")
+    second.rename(late)
+    (tmp_path / "stats.jsonl").write_text(
+        "".join(json.dumps({"step": s}) + "\n" for s in (8, 16, 24))
+    )
+    trim_log(tmp_path, "stats.jsonl", lambda x: x["step"] <= 16, 16)
+    assert [json.loads(x)["step"] for x in (tmp_path / "stats.jsonl").open()] == [8, 16]
+    assert not late.exists()  # nothing left in it
+    steps = [e.step for e in EventFileLoader(str(first)).Load() if e.HasField("summary")]
+    assert steps == [8, 16]
+
+
+def test_kimg_bar_shows_speed_and_peak_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    from common.runs import kimg_bar
+
+    bar = kimg_bar(1000, 0, "test", peak=lambda: 3 * 2**30, peak_label=" RSS")
+    bar.note("G pass 1/8")
+    assert "G pass 1/8" in capsys.readouterr().err
+    bar.update_to(500)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "s/kimg" in err and "img/s" in err and "ETA " in err and "peak 3.0 GiB RSS" in err
+    assert bar.speed() is not None and bar.speed()[1] > 0
+
+
+def test_default_workers_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from common.runs import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_workers(4) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert default_workers(4) == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert default_workers(4) == 0

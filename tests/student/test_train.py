@@ -102,7 +102,8 @@ def _resume_cfg(pairs: Path, outdir: Path, **over):
 
 
 def _strip_timing(line: dict) -> dict:
-    return {k: v for k, v in line.items() if not k.startswith("Timing/")}
+    """A stats line without the figures of the machine (time, memory)."""
+    return {k: v for k, v in line.items() if not k.startswith(("Timing/", "Resources/"))}
 
 
 def test_killed_run_resumes_with_identical_results(pairs_dir: Path, tmp_path: Path) -> None:
@@ -262,3 +263,78 @@ def test_cuda_mixed_precision_runs(pairs_dir: Path, tmp_path: Path, amp: str) ->
     lines = _lines(tmp_path / amp / "stats.jsonl")
     assert all(math.isfinite(v) for line in lines for v in line.values())
     assert "Resources/peak_gpu_mem_gb" in lines[-1]
+
+
+def test_figures_on_training_pairs_are_labelled_as_such(
+    pairs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With nothing held out the snapshot figures come from training pairs: they are logged as
+    EvalOnTrain/*, never as Eval/*, and the run says so."""
+    cfg = _resume_cfg(pairs_dir, tmp_path / "run", kimg=0.016, holdout_percent=0.0)
+    training_loop(cfg, progress=False)
+    last = _lines(tmp_path / "run" / "stats.jsonl")[-1]
+    assert "EvalOnTrain/l1" in last and "EvalOnTrain/l1_identity" in last
+    assert not [k for k in last if k.startswith("Eval/")]
+    assert "logged as EvalOnTrain/*" in capsys.readouterr().err
+    held = _resume_cfg(pairs_dir, tmp_path / "held", kimg=0.016)
+    training_loop(held, progress=False)
+    last = _lines(tmp_path / "held" / "stats.jsonl")[-1]
+    assert "Eval/l1" in last and not [k for k in last if k.startswith("EvalOnTrain/")]
+
+
+def test_workers_default_to_the_machine_and_lr_sets_both_rates(monkeypatch, capsys) -> None:
+    from student.cli import main
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    argv = ["train", "--pairs", "p", "--outdir", "o", "--dry-run"]
+    assert main(argv) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["workers"] == 1 and cfg["preset"] == "paper256"  # 2 cores: not 4
+    assert main(argv + ["--workers", "3", "--lr", "1e-3", "--dlr", "5e-4"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["workers"], cfg["glr"], cfg["dlr"]) == (3, 1e-3, 5e-4)
+
+
+def test_ctrl_c_stops_with_one_line_and_the_rerun_logs_each_tick_once(
+    pairs_dir: Path, tmp_path: Path
+) -> None:
+    """SIGINT while the second tick's resume state is written: that tick finishes, one line,
+    status 130; the same command then continues without a duplicate stats line or event."""
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--pairs", str(pairs_dir), "--outdir", str(out)]
+    argv += ["--kimg", "0.096", "--tick-kimg", "0.032", "--snap", "1", "--workers", "0"]
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import os, signal, sys\n"
+        "import torch\n"
+        "from student.cli import main\n"
+        "real_save, n = torch.save, [0]\n"
+        "def save(obj, f, *a, **k):\n"
+        "    real_save(obj, f, *a, **k)\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "torch.save = save\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, str(driver), *argv], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert "student: stopped by SIGINT at 0.064 kimg; the run resumes at 0.064 kimg" in r.stderr
+    from student.cli import main
+
+    assert main(argv + ["--quiet"]) == 0
+    steps = [x["Progress/step"] for x in _lines(out / "stats.jsonl")]
+    assert steps == [4, 8, 12]
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    seen = [
+        (v.tag, e.step)
+        for f in sorted(out.glob("events.out.tfevents.*"))
+        for e in EventFileLoader(str(f)).Load()
+        for v in e.summary.value
+    ]
+    assert len(seen) == len(set(seen)) and ("Progress/step", 96) in seen

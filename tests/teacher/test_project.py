@@ -179,3 +179,32 @@ def test_identity_distance_separates_people():
     assert identity_distance(a, a) == pytest.approx(0.0, abs=1e-9)
     assert identity_distance(a, np.ascontiguousarray(a[:, ::-1])) < SAME_PERSON_THRESHOLD
     assert identity_distance(a, b) > SAME_PERSON_THRESHOLD
+
+
+def test_projection_says_which_loss_terms_it_uses(tmp_path, capsys):
+    from teacher.cli_project import loss_terms
+
+    kind, terms, why = loss_terms("auto", None, 0.1, "base.safetensors", has_d=False)
+    assert kind == "pixel" and terms == ["pixel pyramid mse"]
+    assert "base.safetensors holds no discriminator" in why and "no --vgg16" in why
+    kind, terms, why = loss_terms("auto", None, 0.1, "base.safetensors", has_d=True)
+    assert terms == ["pixel pyramid mse", "0.1 x discriminator features"]
+    assert loss_terms("auto", "vgg16.pt", 0.1, "b", has_d=True)[:2] == ("vgg", ["vgg16 perceptual"])
+    assert "--dfeat-weight 0" in loss_terms("pixel", None, 0.0, "b", has_d=True)[2]
+    # The command prints it and records it in report.json.
+    G = load_generator(shared_file("fixtures", "tiny32.pkl"))
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    arr = ((_targets(G, n=1)[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).round().byte()
+    Image.fromarray(arr.numpy()).save(crops / "face0.png")
+    g_only = tmp_path / "g.safetensors"
+    assert main(["import", str(shared_file("fixtures", "tiny32.pkl")), str(g_only), "--which",
+                 "G_ema"]) == 0  # fmt: skip
+    capsys.readouterr()
+    argv = ["project", "--network", str(g_only), "--target", str(crops), "--aligned"]
+    argv += ["--steps", "2", "--outdir", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(argv) == 0
+    assert "project: loss = pixel pyramid mse (" in capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["loss"] == "pixel" and report["loss_terms"] == ["pixel pyramid mse"]
+    assert "holds no discriminator" in report["loss_why"]
