@@ -19,7 +19,9 @@ exactly the same crops.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -188,3 +190,70 @@ def spread(rows: list[dict], keys: tuple[str, ...]) -> dict:
         out[k] = {"mean": round(float(v.mean()), 4), "min": round(float(v.min()), 4),
                   "max": round(float(v.max()), 4)}  # fmt: skip
     return out
+
+
+GOALS = {
+    "gap_closed_at_least": 0.5,
+    "better_than_nothing_at_least": 20 / 24,  # share of the faces
+    "stretch_ratio_at_most": 0.70,
+    "called_game_at_least": 0.9,
+    "param_error_over_truth_at_most": 1.5,
+}
+
+
+def demo_outcome(
+    work: Path,
+    size: int,
+    faces: int,
+    students: dict[int, Path],
+    oracle_pairs: int,
+    oracle_kimg: float,
+    judges_file: Path | None,
+) -> dict:
+    """The outcome of one demo run: every seed's exported student, the oracle (trained here on
+    ``oracle_pairs`` true pairs of other faces) and the identity model on ``faces`` held-out
+    scenes; the spread over seeds and which goals are met."""
+    from demo.diagnose import onnx_model, train_oracle
+
+    t = time.time()
+    oracle = onnx_model(train_oracle(work, size, oracle_pairs, oracle_kimg, "tiny"))
+    oracle_s = time.time() - t
+    judges = None
+    if judges_file is not None and judges_file.exists():
+        from demo.judges import load_judges
+
+        judges = load_judges(judges_file)
+    models: dict[str, Model] = {"oracle": oracle, "identity": lambda crops: crops}
+    for seed, onnx in sorted(students.items()):
+        models[f"student_seed{seed}"] = onnx_model(onnx)
+    rows = measure(models, prepare(faces, size), judges)
+    seeds = [rows[f"student_seed{s}"] for s in sorted(students)]
+    keys = ("ratio", "gap_closed", "better_than_nothing", "eyes_ratio", "outline_ratio")
+    report: dict = {"faces": faces, "seeds": sorted(students), "models": rows}
+    report["students"] = spread(seeds, keys)
+    if judges is not None:
+        report["students"].update(
+            spread([r["judges"] for r in seeds], ("called_game", "param_error_over_truth"))
+        )
+    report["goals"] = GOALS
+    report["met"] = goals_met(report["students"], faces)
+    report["oracle_train_s"] = round(oracle_s, 1)
+    return report
+
+
+def goals_met(students: dict, faces: int) -> dict[str, bool]:
+    """Which goals the mean over seeds meets (the issue's bars; judges only when measured)."""
+    met = {
+        "gap_closed": students["gap_closed"]["mean"] >= GOALS["gap_closed_at_least"],
+        "better_than_nothing": students["better_than_nothing"]["mean"]
+        >= GOALS["better_than_nothing_at_least"] * faces,
+        "stretch_ratio": students["ratio"]["mean"] <= GOALS["stretch_ratio_at_most"],
+        "eyes_improve": students["eyes_ratio"]["mean"] < 1.0,
+        "outline_improves": students["outline_ratio"]["mean"] < 1.0,
+    }
+    if "called_game" in students:
+        met["called_game"] = students["called_game"]["mean"] >= GOALS["called_game_at_least"]
+        met["identity_kept"] = (
+            students["param_error_over_truth"]["mean"] <= GOALS["param_error_over_truth_at_most"]
+        )
+    return met

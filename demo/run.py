@@ -55,11 +55,20 @@ class Scale:
     student_tick: float
     scenes: int
     search_seeds: str  # seeds blend-search renders at every level
+    freezeg: int  # fine-tuning keeps the base's blocks up to this resolution (and its mapping)
+    student_seeds: int  # students trained (seeds 0..n-1) for the spread of the outcome
+    outcome_faces: int  # held-out scenes of the outcome measurement
+    oracle_pairs: int  # true pairs of the oracle (a measuring instrument, never shipped)
+    oracle_kimg: float
 
 
 SCALES = {
-    "demo": Scale("demo", 32, 300, 20.0, 4.0, 4, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63"),
-    "smoke": Scale("smoke", 32, 64, 0.128, 0.064, 2, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15"),
+    "demo": Scale(
+        "demo", 32, 300, 20.0, 4.0, 4, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63", 16, 3, 24, 4000, 20.0
+    ),
+    "smoke": Scale(
+        "smoke", 32, 64, 0.128, 0.064, 2, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15", 16, 1, 4, 256, 0.4
+    ),
 }
 
 
@@ -129,6 +138,15 @@ def choose_blend(out, scale, base, finetuned, game, blended, teacher_main) -> li
     return words
 
 
+def train_student(scale: Scale, pairs: Path, outdir: Path, seed: int, student_main) -> Path:
+    """``toon-student train`` at the scale's size with one seed; returns the student file."""
+    argv = ["train", "--preset", "tiny", "--pairs", str(pairs), "--outdir", str(outdir)]
+    argv += ["--kimg", str(scale.student_kimg), "--tick-kimg", str(scale.student_tick)]
+    argv += ["--snap", "1000", "--workers", "0", "--seed", str(seed)]
+    run("toon-student", student_main, argv)
+    return outdir / "student.safetensors"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scale", choices=sorted(SCALES), default="demo")
@@ -161,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     base = base_checkpoint(scale)
 
     # -- 1. base ------------------------------------------------------------------------------
-    log(f"1/8 base teacher: {base}")
+    log(f"1/9 base teacher: {base}")
     run("toon-teacher", teacher_main, ["inspect", str(base)])
 
     # -- 2. fine-tune on game-style faces -----------------------------------------------------
     t = time.time()
-    log(f"2/8 ADA + FreezeD fine-tuning on {scale.game_faces} game-style faces")
+    log(f"2/9 ADA + FreezeD fine-tuning on {scale.game_faces} game-style faces")
     game = out / "data" / "game"
     write_dataset(game, scale.game_faces, "game", seed=2000, size=size)
     ft = out / "finetune"
@@ -185,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "16" if scale.name == "demo" else "8",
             "--kimg",
             str(scale.finetune_kimg),
-            "--tick",
+            "--tick-kimg",
             str(scale.finetune_tick),
             "--snap",
             "1000",
@@ -196,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             "scale,xflip,noise",
             "--freezed",
             str(scale.freezed),
+            "--freezeg",
+            str(scale.freezeg),
+            "--freeze-mapping",
             "--outdir",
             str(ft),
         ],
@@ -205,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 3. blend -----------------------------------------------------------------------------
     t = time.time()
-    log("3/8 choosing the blend level with blend-search (the offline judges), then blending")
+    log("3/9 choosing the blend level with blend-search (the offline judges), then blending")
     blended = out / "blended.safetensors"
     blend_argv = choose_blend(out, scale, base, finetuned, game, blended, teacher_main)
     run("toon-teacher", teacher_main, blend_argv)
@@ -237,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 4. projection of held-out photo-style faces --------------------------------------------
     t = time.time()
-    log(f"4/8 projecting {scale.heldout} held-out photo-style faces into the base (W+)")
+    log(f"4/9 projecting {scale.heldout} held-out photo-style faces into the base (W+)")
     held = out / "data" / "heldout"
     held.mkdir(parents=True, exist_ok=True)
     truth: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -280,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 5. pairs ---------------------------------------------------------------------------------
     t = time.time()
-    log(f"5/8 generating {scale.pairs} synthetic pairs and {scale.heldout} projected pairs")
+    log(f"5/9 generating {scale.pairs} synthetic pairs and {scale.heldout} projected pairs")
     pairs = out / "pairs"
     run(
         "toon-pairs",
@@ -332,29 +353,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 6. student ---------------------------------------------------------------------------
     t = time.time()
-    log("6/8 training the student on the synthetic pairs")
+    log("6/9 training the student on the synthetic pairs")
     srun = out / "student"
-    run(
-        "toon-student",
-        student_main,
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--pairs",
-            str(pairs),
-            "--outdir",
-            str(srun),
-            "--kimg",
-            str(scale.student_kimg),
-            "--tick-kimg",
-            str(scale.student_tick),
-            "--snap",
-            "1000",
-            "--workers",
-            "0",
-        ],
-    )
+    train_student(scale, pairs, srun, 0, student_main)
     student_file = srun / "student.safetensors"
     run(
         "toon-student",
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 7. export ------------------------------------------------------------------------------
     t = time.time()
-    log("7/8 exporting the student to ONNX (verified against torch)")
+    log("7/9 exporting the student to ONNX (verified against torch)")
     onnx_path = out / "toon.onnx"
     run(
         "toon-export",
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 8. toon-infer ----------------------------------------------------------------------------
     t = time.time()
-    log("8/8 toon-infer on held-out synthetic photos and real photos (pasted back)")
+    log("8/9 toon-infer on held-out synthetic photos and real photos (pasted back)")
     scenes = out / "data" / "scenes"
     scenes.mkdir(parents=True, exist_ok=True)
     for i in range(scale.scenes):
@@ -421,15 +422,37 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"demo: toon-infer failed with exit status {rc}")
     timings["infer_s"] = time.time() - t
 
+    # -- 9. outcome ------------------------------------------------------------------------------
+    t = time.time()
+    log(
+        f"9/9 outcome: {scale.student_seeds} student seed(s) and the oracle through toon-infer's "
+        f"path on {scale.outcome_faces} held-out scenes"
+    )
+    from demo.outcome import demo_outcome
+
+    students = {0: onnx_path}
+    for seed in range(1, scale.student_seeds):
+        f = train_student(scale, pairs, out / f"student-seed{seed}", seed, student_main)
+        students[seed] = out / f"student-seed{seed}.onnx"
+        run("toon-export", export_main, ["onnx", "--student", str(f), "--out", str(students[seed])])
+    judges = REPO / "demo" / "assets" / f"judges{size}.safetensors"
+    outcome = demo_outcome(
+        out / "oracle", size, scale.outcome_faces, students, scale.oracle_pairs,
+        scale.oracle_kimg, judges,
+    )  # fmt: skip
+    timings["outcome_s"] = time.time() - t
+
     # -- summary -----------------------------------------------------------------------------------
     log("summary")
     summary = summarize(
         out, scale, truth, proj, blended, onnx_path, student_eval, project_s_per_face, timings
     )
+    summary["outcome"] = outcome
     summary["total_s"] = round(time.time() - t_start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     contact_sheet(out, truth, summary, infer_out, real_inputs, scenes)
     print(json.dumps({k: summary[k] for k in ("quality", "speed", "total_s")}, indent=2))
+    print(json.dumps({"students": outcome["students"], "met": outcome["met"]}, indent=2))
     print(
         f"\nartifacts: {out}\n  summary.json, contact_sheet.png, blend_grid.png, "
         f"pairs_preview.png, student_eval.png, toonified/"

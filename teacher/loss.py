@@ -58,9 +58,7 @@ class StyleGAN2Loss:
         self.w_sum: torch.Tensor | None = None
         self.w_count = 0
 
-    def run_G(
-        self, draw: LatentDraw, ws_grad: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_G(self, draw: LatentDraw, ws_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         ws = self.G.mapping(draw.z, draw.c, update_w_avg=False)
         w_sum = ws[:, 0].detach().float().sum(0)
         self.w_sum = w_sum if self.w_sum is None else self.w_sum + w_sum

@@ -51,7 +51,11 @@ def test_mean_distance_is_the_diagnosis_distance(scenes):
 
     pasted, crops = outcome.run_model(identity, scenes)
     d = outcome.distances(pasted, scenes)
-    ref = [box_l1(o, s.game, s.box, s.res) for o, s in zip(pasted, scenes) if o is not None]
+    ref = [
+        box_l1(o, s.game, s.box, s.res)
+        for o, s in zip(pasted, scenes, strict=True)
+        if o is not None
+    ]
     assert len(ref) == len(d["model_mean"]) == len(crops) >= 2
     np.testing.assert_allclose(d["model_mean"], ref, rtol=1e-9)
     nothing = [box_l1(s.photo, s.game, s.box, s.res) for s in scenes if s.faces]

@@ -195,6 +195,27 @@ def test_freezed_layers_stay_unchanged(tmp_path):
         assert not torch.equal(before[name], after[name]), name
 
 
+def test_freezeg_keeps_the_base_rendering_weights(tmp_path):
+    """Frozen blocks and mapping end exactly as the base's G_ema has them, in G_ema and in G
+    (not the base's G, which the moving average would otherwise pull G_ema toward); every other
+    block trains; the path-length step runs with a frozen mapping network (w is then a leaf)."""
+    cfg = tiny_cfg(tmp_path, "frzg", freezeg=8, freeze_mapping=True, kimg=0.032)
+    training_loop(cfg, progress=False)
+    base_ema = _state(Path(cfg.base), "G_ema")
+    snap = Path(cfg.outdir) / "network-snapshot-000000.032.safetensors"
+    after_ema, after_g = _state(snap, "G_ema"), _state(snap, "G")
+    frozen = [n for n in base_ema if n.startswith(("mapping.", "synthesis.b4.", "synthesis.b8."))]
+    trained = [n for n in base_ema if n.startswith(("synthesis.b16.", "synthesis.b32."))]
+    frozen = [n for n in frozen if not n.endswith(("w_avg", "noise_const"))]
+    trained = [n for n in trained if n.endswith("weight")]
+    assert frozen and trained
+    for name in frozen:
+        assert torch.equal(after_ema[name], base_ema[name]), name
+        assert torch.equal(after_g[name], base_ema[name]), name
+    for name in trained:
+        assert not torch.equal(after_g[name], base_ema[name]), name
+
+
 def test_batch_not_divisible_is_refused(tmp_path):
     cfg = tiny_cfg(tmp_path, "bad", batch_gpu=3)
     with pytest.raises(TrainError, match="must divide"):
