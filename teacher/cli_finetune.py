@@ -92,6 +92,13 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
         "draws the same face in both models (0: train every block, the default)",
     )
     p.add_argument(
+        "--noise-mode",
+        choices=["random", "const", "none"],
+        default=None,
+        help="the generator's noise inputs while training (default random, as NVIDIA's; none "
+        "makes every detail a function of w)",
+    )
+    p.add_argument(
         "--freeze-mapping",
         action="store_true",
         default=None,
@@ -140,6 +147,7 @@ def config_from_args(args: argparse.Namespace, resolution: int, gpus: int) -> Tr
         "freezed": args.freezed,
         "freezeg": args.freezeg,
         "freeze_mapping": args.freeze_mapping,
+        "noise_mode": args.noise_mode,
         "seed": args.seed,
         "workers": args.workers,
         "inception": args.inception,
