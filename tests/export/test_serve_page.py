@@ -13,7 +13,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import shared_file
-from tests.serve_helpers import SIZE, Server, serve_model
+from tests.serve_helpers import SIZE, Server, serve_model, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -65,17 +64,11 @@ class WebDriver:
             [CHROMEDRIVER, f"--port={self.port}"], stdout=self._log, stderr=subprocess.STDOUT
         )
         self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if self._call("GET", "/status")["ready"]:
-                    break
-            except (OSError, urllib.error.URLError):
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.quit()
-                raise RuntimeError("chromedriver did not start")
-            time.sleep(0.1)
+        try:
+            wait_until(self._started, "chromedriver did not start", interval=0.1)
+        except BaseException:
+            self.quit()
+            raise
         options = {
             "binary": CHROMIUM,
             "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"],
@@ -91,6 +84,15 @@ class WebDriver:
             self.quit()
             raise
         self.sid = self.session["sessionId"]
+
+    def _started(self) -> bool:
+        """Whether chromedriver answers ready (raises when its process has died)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"chromedriver exited with {self.proc.returncode}")
+        try:
+            return bool(self._call("GET", "/status")["ready"])
+        except (OSError, urllib.error.URLError):
+            return False
 
     def _call(self, method: str, path: str, body: dict | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -116,14 +118,9 @@ class WebDriver:
     def js(self, script: str, *args: Any) -> Any:
         return self.cmd("POST", "/execute/sync", {"script": script, "args": list(args)})
 
-    def wait_js(self, script: str, timeout: float = 30.0) -> Any:
-        """Poll ``script`` until it returns something truthy."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.js(script)
-            if value or time.monotonic() > deadline:
-                return value
-            time.sleep(0.1)
+    def wait_js(self, script: str, what: str) -> Any:
+        """Poll ``script`` until it returns something truthy, and return that."""
+        return wait_until(lambda: self.js(script), what, interval=0.1)
 
     def screenshot(self, path: Path) -> None:
         path.write_bytes(base64.b64decode(self.cmd("GET", "/screenshot")))
@@ -171,8 +168,7 @@ def test_upload_a_photo_and_see_the_result(server, browser):
     browser.get(server.url + "/")
     assert browser.js("return document.title").startswith("toon-distill")
     browser.cmd("POST", f"/element/{browser.find('#file')}/value", {"text": str(photo)})
-    state = browser.wait_js(STATE)
-    assert state, "no result within 30 s"
+    state = browser.wait_js(STATE, "the page never showed a result")
     assert state[0] == "done", state
     assert state[1:3] == [320, 240]  # the whole photo comes back, face pasted in
     assert "1 face" in state[3]
@@ -185,11 +181,8 @@ def test_upload_a_photo_and_see_the_result(server, browser):
     # Download it: the file is the PNG the page shows.
     browser.cmd("POST", f"/element/{browser.find('#download')}/click", {})
     target = browser.downloads / "obama_small_toon.png"
-    deadline = time.monotonic() + 20
-    while not target.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert target.exists(), list(browser.downloads.iterdir())
-    time.sleep(0.2)
+    # Chromium writes to NAME.crdownload and renames it when complete: the name means done.
+    wait_until(target.exists, f"no download; found {list(browser.downloads.iterdir())}")
     with Image.open(target) as img:
         assert img.format == "PNG" and img.size == (320, 240)
 
@@ -206,7 +199,8 @@ def test_upload_a_photo_and_see_the_result(server, browser):
     state = browser.wait_js(
         "const r = document.getElementById('result');"
         f"return r.dataset.state === 'done' && r.naturalWidth === {SIZE} ?"
-        " [r.naturalWidth, r.naturalHeight] : null;"
+        " [r.naturalWidth, r.naturalHeight] : null;",
+        "the dropped photo's crops never showed",
     )
     assert state == [SIZE, SIZE]
     assert browser.js("return document.getElementById('download').download") == "dropped_toon.png"
@@ -217,5 +211,5 @@ def test_the_page_shows_server_errors(server, browser, tmp_path):
     Image.new("RGB", (120, 90), (40, 50, 60)).save(blank)
     browser.get(server.url + "/")
     browser.cmd("POST", f"/element/{browser.find('#file')}/value", {"text": str(blank)})
-    state = browser.wait_js(STATE)
-    assert state and state[0] == "error" and "no face" in state[3] and "422" in state[3]
+    state = browser.wait_js(STATE, "the page never showed the error")
+    assert state[0] == "error" and "no face" in state[3] and "422" in state[3]
