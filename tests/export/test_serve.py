@@ -450,6 +450,8 @@ def test_load_300_requests_at_concurrency_16(plain, model, photos):
     assert faces == 4 * (n_requests // 3)  # 1 + 1 + 2 faces per round of three photos
     batched = _counter(after, "toon_batch_faces_sum") - _counter(before, "toon_batch_faces_sum")
     calls = _counter(after, "toon_batch_faces_count") - _counter(before, "toon_batch_faces_count")
+    # Every face went through a counted model call. How many calls load shares depends on
+    # timing; that calls are shared is shown by event in tests/export/test_serve_batching.py.
     assert batched == faces and 0 < calls <= faces
     print(f"\n300 requests at concurrency 16: {elapsed:.1f} s, {faces / calls:.2f} faces per call")
 
