@@ -7,6 +7,7 @@
 
 const COLORS = ["#e8202a", "#1f5fff", "#f5a300", "#13a84a"];
 const LABELS = ["1", "2", "3", "4"];
+const MIN_SHOWN = 480;  // CSS pixels: narrower images are scaled up to this width
 
 const state = {
   images: [],   // from /api/state
@@ -115,14 +116,14 @@ async function requestPreview() {
   setStatus("Preview ready. Save, or undo to move a point.", "");
 }
 
-function changed() {
+function changed(keepStatus) {
   draw();
   updateControls();
   if (state.points.length === 4) {
     requestPreview();
   } else {
     clearPreview();
-    setStatus(`${state.points.length} of 4 points.`, "");
+    if (keepStatus !== true) setStatus(`${state.points.length} of 4 points.`, "");
   }
 }
 
@@ -172,10 +173,12 @@ async function show(index, keepStatus) {
     if (state.index !== index) return;
     canvas.width = el.naturalWidth;
     canvas.height = el.naturalHeight;
+    // Small images are shown larger (sharp pixels) so that a click can be placed precisely.
+    canvas.style.width = el.naturalWidth < MIN_SHOWN ? `${MIN_SHOWN}px` : "";
     state.image = el;
     canvas.dataset.state = "ready";
     canvas.dataset.index = String(index);
-    changed();
+    changed(keepStatus);
     if (keepStatus !== true && !img.saved) setStatus(`${img.file}: 0 of 4 points.`, "");
     if (img.note) setStatus(img.note, "");
   };
