@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench gpu-check clean
 
 setup: $(BIN)/toon-teacher
 
@@ -24,6 +24,12 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# On a machine with a CUDA GPU: the cuda tests and the GPU benchmarks in under five minutes,
+# offline (no setup step: nothing is installed), into one JSON file (bench/gpu_check.py;
+# refuses in one line without a GPU).
+gpu-check:
+	$(BIN)/python bench/gpu_check.py --out out/gpu-check.json
 
 clean:
 	rm -rf out .pytest_cache

@@ -4,6 +4,7 @@ Subcommands:
   align IN_DIR OUT   align every image of a folder (recursive) into a folder or .zip in the
                      layout of NVIDIA's dataset_tool.py, with a JSON report; resumable
   generate ...       render pairs with the base and blended teachers into shards; resumable
+  annotate REPORT|DIR  click hand landmarks for images the detector missed, in a local page
   verify DIR         check a pairs folder's shards against its manifest
   preview DIR        src/dst grid of some pairs
   stats DIR          counts and settings of a pairs folder
@@ -84,6 +85,26 @@ def cmd_align(args: argparse.Namespace) -> int:
             f"{len(s['need_landmarks'])} images need hand landmarks (--landmarks FILE.json): "
             "see need_landmarks in the report"
         )
+    return 0
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from pairs.annotate import Annotator, make_server, open_target
+
+    target = open_target(args.target, args.out, args.size, args.background)
+    server = make_server(Annotator(target), args.port)
+    port = server.server_address[1]
+    print(
+        f"annotate: {len(target.files)} image(s); landmarks go to {target.landmarks}\n"
+        f"open http://127.0.0.1:{port}/ in a browser (Ctrl-C to stop)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print(f"annotate: stopped; run align with --landmarks {target.landmarks}", file=sys.stderr)
+    finally:
+        server.server_close()
     return 0
 
 
@@ -186,6 +207,41 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--quiet", action="store_true", help="no progress bar")
     pa.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     pa.set_defaults(func=cmd_align)
+
+    pn = sub.add_parser(
+        "annotate",
+        help="click hand landmarks for images the detector missed, in a local web page",
+        description=(
+            "Serve a page on 127.0.0.1 that shows each image under need_landmarks of an align "
+            "report (or every image of a folder); four clicks (left eye, right eye, left and "
+            "right mouth corner, as seen in the image) with undo and a preview of the aligned "
+            "crop; saving merges the entry into the --landmarks JSON that align reads."
+        ),
+    )
+    pn.add_argument(
+        "target", metavar="REPORT_OR_FOLDER", help="NAME.report.json from align, or a folder"
+    )
+    pn.add_argument(
+        "--out",
+        metavar="FILE.json",
+        help="landmarks file to merge into (default: the report's --landmarks, else "
+        "NAME.landmarks.json beside the report or folder)",
+    )
+    pn.add_argument(
+        "--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any)"
+    )
+    pn.add_argument(
+        "--size",
+        type=_positive_int,
+        default=None,
+        help="preview crop side (default: the report's, or 256)",
+    )
+    pn.add_argument(
+        "--background",
+        default=None,
+        help="colour under transparent pixels (default: the report's, or white)",
+    )
+    pn.set_defaults(func=cmd_annotate)
     from pairs.cli_generate import add_generate_commands
 
     add_generate_commands(sub)

@@ -23,6 +23,17 @@ from tests.conftest import REPO
 
 SIZE = 64
 STARTUP_TIMEOUT_S = 90
+HANG_GUARD_S = 120  # how long a poll waits before calling it a hang; no passing run gets near
+
+
+def wait_until(predicate, what: str, timeout: float = HANG_GUARD_S, interval: float = 0.02):
+    """Poll ``predicate()`` until it returns something truthy and return that. Waits for an
+    event, not for an amount of time: ``timeout`` only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"{what} (still not so after {timeout:g} s)"
+        time.sleep(interval)
+    return value
 
 
 def serve_model(tmp_path_factory) -> Path:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from tests.conftest import REPO, shared_file
 from tests.serve_helpers import (
+    HANG_GUARD_S,
     SIZE,
     Server,
     expected_paste,
@@ -32,6 +33,7 @@ from tests.serve_helpers import (
     png_header_only,
     raw_request,
     read_response,
+    wait_until,
 )
 
 MAX_BODY_MIB = 2
@@ -317,16 +319,16 @@ def test_body_limits(plain):
     with socket.create_connection(("127.0.0.1", plain.port), timeout=20) as s:
         stall = "X-Request-ID: stalled-body-408\r\nContent-Length: 5000\r\n\r\n"
         s.sendall((head + stall).encode() + b"\xff\xd8\xff")
-        t0 = time.monotonic()
+        s.settimeout(HANG_GUARD_S)
         status, headers, body = parse_response(read_response(s))
     assert status == 408 and json.loads(body)["kind"] == "timeout"
-    assert READ_TIMEOUT_S - 0.5 < time.monotonic() - t0 < READ_TIMEOUT_S + 10
+    assert f"within {READ_TIMEOUT_S} s" in json.loads(body)["error"]
     assert httpx.get(plain.url + "/healthz").status_code == 200
     # The access log reports the bytes received (3), not the 5000 announced.
-    deadline = time.monotonic() + 5
-    while not (mine := [e for e in plain.access_log() if e["request_id"] == "stalled-body-408"]):
-        assert time.monotonic() < deadline, "no access-log line for the stalled request"
-        time.sleep(0.05)
+    mine = wait_until(
+        lambda: [e for e in plain.access_log() if e["request_id"] == "stalled-body-408"],
+        "no access-log line for the stalled request",
+    )
     assert mine[0]["status"] == 408 and mine[0]["bytes_in"] == 3, mine[0]
     assert mine[0]["content_length"] == "5000"
 
@@ -391,10 +393,10 @@ def test_a_stalled_upload_holds_no_queue_slot(guarded, photos):
             ).encode()
             + b"\xff\xd8"
         )
-        deadline = time.monotonic() + 10
-        while (ready := httpx.get(guarded.url + "/readyz").json())["receiving"] < 1:
-            assert time.monotonic() < deadline, "the stalled upload was never seen"
-            time.sleep(0.02)
+        ready = wait_until(
+            lambda: (r := httpx.get(guarded.url + "/readyz").json())["receiving"] >= 1 and r,
+            "the stalled upload was never seen",
+        )
         assert ready["queue"] == 0
         r = httpx.post(
             guarded.url + "/v1/toonify", content=photos["obama.jpg"], headers=auth, timeout=30
@@ -448,20 +450,20 @@ def test_load_300_requests_at_concurrency_16(plain, model, photos):
     assert faces == 4 * (n_requests // 3)  # 1 + 1 + 2 faces per round of three photos
     batched = _counter(after, "toon_batch_faces_sum") - _counter(before, "toon_batch_faces_sum")
     calls = _counter(after, "toon_batch_faces_count") - _counter(before, "toon_batch_faces_count")
+    # Every face went through a counted model call. How many calls load shares depends on
+    # timing; that calls are shared is shown by event in tests/export/test_serve_batching.py.
     assert batched == faces and 0 < calls <= faces
     print(f"\n300 requests at concurrency 16: {elapsed:.1f} s, {faces / calls:.2f} faces per call")
 
 
 def test_json_access_log(plain):
     httpx.get(plain.url + "/healthz", headers={"X-Request-ID": "trace-me-123"})
-    deadline = time.monotonic() + 5
-    while True:
-        entries = plain.access_log()
-        mine = [e for e in entries if e.get("request_id") == "trace-me-123"]
-        if mine or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert mine and mine[0]["path"] == "/healthz" and mine[0]["status"] == 200
+    mine = wait_until(
+        lambda: [e for e in plain.access_log() if e.get("request_id") == "trace-me-123"],
+        "no access-log line for the request",
+    )
+    entries = plain.access_log()
+    assert mine[0]["path"] == "/healthz" and mine[0]["status"] == 200
     assert {"ts", "level", "method", "duration_ms", "client", "bytes_out"} <= set(mine[0])
     errors = [e for e in entries if e.get("error")]
     assert errors and all(e["status"] >= 400 for e in errors)
@@ -476,9 +478,9 @@ def test_two_workers(model, photos, tmp_path):
         for _ in range(4):
             r = httpx.post(server.url + "/v1/toonify", content=photos["obama.jpg"], timeout=30)
             assert r.status_code == 200
-        deadline = time.monotonic() + 60
-        while server.log().count('"event": "ready"') < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(
+            lambda: server.log().count('"event": "ready"') >= 2, "the second worker never came up"
+        )
         assert server.log().count('"event": "ready"') == 2  # one model per worker process
     finally:
         assert server.stop() in (0, -15)

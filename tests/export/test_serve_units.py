@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +19,30 @@ from export.serve_config import ApiKeys, ServeConfig, load_api_keys
 from export.serve_metrics import Metrics
 from tests.conftest import shared_file
 
+HANG_GUARD_S = 60  # only a broken batcher gets here: no passing run waits on it
 
-class SlowModel:
-    """Adds 1 to every crop and records the batch sizes; each call takes ``delay`` seconds."""
 
-    def __init__(self, delay: float = 0.02, fail: bool = False) -> None:
-        self.delay = delay
+class GatedModel:
+    """Adds 1 to every crop and records each call's batch size. A call blocks until the test
+    opens ``gate`` (open from the start when ``gated`` is off), so the test decides what is
+    queued while the model is busy: batching is shown by events, never by timing."""
+
+    def __init__(self, gated: bool = False, fail: bool = False) -> None:
         self.fail = fail
         self.calls: list[int] = []
         self.threads: set[str] = set()
+        self.entered = threading.Semaphore(0)  # released once per call begun
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         self.threads.add(threading.current_thread().name)
-        time.sleep(self.delay)
+        self.calls.append(len(crops))
+        self.entered.release()
+        assert self.gate.wait(HANG_GUARD_S), "the test never opened the gate"
         if self.fail:
             raise RuntimeError("model broke")
-        self.calls.append(len(crops))
         return crops + 1
 
 
@@ -47,57 +54,157 @@ def _run_concurrently(batcher: MicroBatcher, jobs: list[np.ndarray]):
     async def main():
         batcher.start()
         try:
-            return await asyncio.gather(*(batcher.submit(j) for j in jobs))
+            gathered = asyncio.gather(*(batcher.submit(j) for j in jobs))
+            return await asyncio.wait_for(gathered, HANG_GUARD_S)
         finally:
             batcher.stop()
 
     return asyncio.run(main())
 
 
-def test_concurrent_requests_share_model_calls_and_get_their_own_results():
-    model = SlowModel()
-    batcher = MicroBatcher(model, max_batch=8, timeout_s=0.05, expecting=lambda: True)
-    jobs = [_crops(10 * i, n=1 + i % 2) for i in range(10)]  # 15 faces
-    results = _run_concurrently(batcher, jobs)
-    for job, (out, info) in zip(jobs, results, strict=True):
-        assert np.array_equal(out, job + 1)  # each request gets its own faces back
-        assert 1 <= info.faces <= 8 and info.requests >= 1 and info.model_s > 0
-    assert sum(model.calls) == 15 and max(model.calls) <= 8
-    assert len(model.calls) <= 3  # batched, not one call per request
-    assert model.threads == {"toon-batcher"}  # off the event loop, on one thread
+async def _queued(batcher: MicroBatcher, n: int) -> None:
+    """Yield to the event loop until ``n`` jobs wait in the batcher's queue."""
+    for _ in range(10_000):
+        if batcher._queue.qsize() >= n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{batcher._queue.qsize()} jobs queued, expected {n}")
 
 
-def test_a_lone_request_does_not_wait_and_waits_are_bounded():
-    model = SlowModel(delay=0.0)
-    lone = MicroBatcher(model, max_batch=8, timeout_s=5.0, expecting=lambda: False)
-    t0 = time.perf_counter()
-    _run_concurrently(lone, [_crops(1)])
-    assert time.perf_counter() - t0 < 1.0  # nobody else is coming: no 5 s wait
-    waiting = MicroBatcher(model, max_batch=8, timeout_s=0.2, expecting=lambda: True)
-    t0 = time.perf_counter()
-    ((_, info),) = _run_concurrently(waiting, [_crops(1)])
-    elapsed = time.perf_counter() - t0
-    assert 0.15 < elapsed < 2.0 and info.faces == 1  # waited for company, then gave up
+def _greedy_batches(sizes: list[int], max_batch: int) -> list[int]:
+    """Faces per call when the queue holds jobs of ``sizes`` (in order) and each batch takes
+    jobs in order while they fit (the rule the batcher documents)."""
+    calls, n = [], 0
+    for k in sizes:
+        if n and n + k > max_batch:
+            calls.append(n)
+            n = 0
+        n += k
+    return [*calls, n] if n else calls
 
 
-def test_model_errors_reach_every_waiting_request():
-    batcher = MicroBatcher(SlowModel(fail=True), max_batch=4, timeout_s=0.05)
+def test_jobs_queued_while_the_model_runs_share_the_next_calls():
+    """The first job runs alone; the nine submitted while it runs (14 faces) go in the fewest
+    calls of at most 8 faces, and every request gets its own faces back."""
+    model = GatedModel(gated=True)
+    batcher = MicroBatcher(model, max_batch=8, timeout_s=HANG_GUARD_S, expecting=lambda: False)
+    first = _crops(0)
+    later = [_crops(10 * i, n=1 + i % 2) for i in range(1, 10)]  # sizes 2, 1, 2, 1, ...
 
     async def main():
         batcher.start()
         try:
-            return await asyncio.gather(
-                *(batcher.submit(_crops(i)) for i in range(3)), return_exceptions=True
-            )
+            head = asyncio.ensure_future(batcher.submit(first))
+            assert await asyncio.to_thread(model.entered.acquire, timeout=HANG_GUARD_S)
+            rest = [asyncio.ensure_future(batcher.submit(j)) for j in later]
+            await _queued(batcher, len(later))
+            model.gate.set()
+            return await asyncio.wait_for(asyncio.gather(head, *rest), HANG_GUARD_S)
+        finally:
+            batcher.stop()
+
+    results = asyncio.run(main())
+    sizes = [len(j) for j in later]
+    assert sum(sizes) == 14
+    assert model.calls == [1, *_greedy_batches(sizes, 8)] == [1, 8, 6]
+    requests_per_call = {1: 1, 8: 5, 6: 4}  # jobs 1-5 (2+1+2+1+2) and 6-9 (1+2+1+2)
+    for job, (out, info) in zip([first, *later], results, strict=True):
+        assert np.array_equal(out, job + 1)  # each request gets its own faces back
+        assert info.requests == requests_per_call[info.faces] and info.model_s >= 0
+    assert model.threads == {"toon-batcher"}  # off the event loop, on one thread
+
+
+def test_a_job_waits_for_company_only_while_more_are_expected():
+    """With ``expecting()`` true the batcher holds a lone job until a second one arrives (one
+    call with both); the wait is decided by the event, the timeout is only a hang guard."""
+    model = GatedModel()
+    asked = threading.Event()
+
+    def expecting() -> bool:
+        asked.set()
+        return True
+
+    batcher = MicroBatcher(model, max_batch=2, timeout_s=HANG_GUARD_S, expecting=expecting)
+
+    async def main():
+        batcher.start()
+        try:
+            a = asyncio.ensure_future(batcher.submit(_crops(1)))
+            assert await asyncio.to_thread(asked.wait, HANG_GUARD_S), "expecting() never asked"
+            assert model.calls == []  # holding the first job, not running it
+            b = asyncio.ensure_future(batcher.submit(_crops(2)))
+            return await asyncio.wait_for(asyncio.gather(a, b), HANG_GUARD_S)
+        finally:
+            batcher.stop()
+
+    (out_a, info_a), (out_b, info_b) = asyncio.run(main())
+    assert model.calls == [2] and info_a.requests == info_b.requests == 2
+    assert out_a[0, 0, 0, 0] == 2 and out_b[0, 0, 0, 0] == 3
+
+
+def test_a_lone_request_does_not_wait_and_waits_are_bounded():
+    # Nobody else is coming: a job with an hour's timeout runs at once (a wait would hit the
+    # hang guard instead).
+    model = GatedModel()
+    lone = MicroBatcher(model, max_batch=8, timeout_s=3600.0, expecting=lambda: False)
+    ((out, info),) = _run_concurrently(lone, [_crops(1)])
+    assert model.calls == [1] and info.faces == 1 and out[0, 0, 0, 0] == 2
+    # Company is always expected but never comes: the wait ends at the timeout, alone.
+    asked: list[bool] = []
+    model = GatedModel()
+    waiting = MicroBatcher(
+        model, max_batch=8, timeout_s=0.01, expecting=lambda: asked.append(True) or True
+    )
+    ((_, info),) = _run_concurrently(waiting, [_crops(1)])
+    assert asked and model.calls == [1] and info.faces == 1 and info.requests == 1
+
+
+def test_a_job_larger_than_max_batch_runs_alone():
+    model = GatedModel(gated=True)
+    batcher = MicroBatcher(model, max_batch=4, timeout_s=HANG_GUARD_S)
+
+    async def main():
+        batcher.start()
+        try:
+            head = asyncio.ensure_future(batcher.submit(_crops(0)))
+            assert await asyncio.to_thread(model.entered.acquire, timeout=HANG_GUARD_S)
+            jobs = [_crops(1, 2), _crops(2, 6), _crops(3, 1)]
+            rest = [asyncio.ensure_future(batcher.submit(j)) for j in jobs]
+            await _queued(batcher, len(jobs))
+            model.gate.set()
+            return await asyncio.wait_for(asyncio.gather(head, *rest), HANG_GUARD_S)
+        finally:
+            batcher.stop()
+
+    results = asyncio.run(main())
+    assert model.calls == [1, 2, 6, 1]  # the 6-face job neither waits for nor joins others
+    assert [len(out) for out, _ in results] == [1, 2, 6, 1]
+
+
+def test_model_errors_reach_every_waiting_request():
+    model = GatedModel(gated=True, fail=True)
+    batcher = MicroBatcher(model, max_batch=4, timeout_s=HANG_GUARD_S)
+
+    async def main():
+        batcher.start()
+        try:
+            head = asyncio.ensure_future(batcher.submit(_crops(0)))
+            assert await asyncio.to_thread(model.entered.acquire, timeout=HANG_GUARD_S)
+            rest = [asyncio.ensure_future(batcher.submit(_crops(i))) for i in (1, 2, 3)]
+            await _queued(batcher, 3)
+            model.gate.set()
+            both = asyncio.gather(head, *rest, return_exceptions=True)
+            return await asyncio.wait_for(both, HANG_GUARD_S)
         finally:
             batcher.stop()
 
     errors = asyncio.run(main())
+    assert model.calls == [1, 3]  # the failing call, then the three that waited, together
     assert all(isinstance(e, RuntimeError) and "model broke" in str(e) for e in errors)
 
 
 def test_submit_needs_a_running_batcher():
-    batcher = MicroBatcher(SlowModel())
+    batcher = MicroBatcher(GatedModel())
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(batcher.submit(_crops(0)))
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -251,6 +252,89 @@ def test_torchrun_two_cpu_processes(pairs_dir: Path, tmp_path: Path) -> None:
     assert [x["Progress/kimg"] for x in lines] == [0.032, 0.064]
     assert torch.load(out / "resume-state.pt", weights_only=True)["world"] == 2
     assert "rank 0 world 2 step 8" in r.stdout and "rank 1 world 2 step 8" in r.stdout
+
+
+def _one_pair_dataset(folder: Path, count: int = 128, shard_size: int = 32) -> Path:
+    """``count`` copies of one 32 px pair (a procedural face as photo and as game art, from
+    ``demo.synthetic``): which process reads which pair cannot matter, and batch-norm
+    statistics of half a batch equal those of the whole one."""
+    from PIL import Image
+
+    from demo.synthetic import render, sample_params
+    from tests.pairs_fixture import write_manifest, write_shard
+
+    folder.mkdir(parents=True)
+    params = sample_params(np.random.default_rng(3))
+    src, dst = (
+        np.asarray(Image.fromarray(render(params, style)).resize((32, 32), Image.LANCZOS))
+        for style in ("photo", "game")
+    )
+    counts, hashes = [], []
+    for i, start in enumerate(range(0, count, shard_size)):
+        items = [(f"{k:09d}", src, dst, {"k": k}) for k in range(start, start + shard_size)]
+        hashes.append(write_shard(folder / f"shard-{i:06d}.tar", items))
+        counts.append(shard_size)
+    teachers = {t: {"file": f"{t}.safetensors", "sha256": "0" * 64} for t in ("base", "toon")}
+    write_manifest(folder, 32, counts, hashes, {"synthetic": True}, teachers, shard_size)
+    return folder
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo, 4 pairs each) trains like 1 process with the global
+    batch of 8, on a dataset where the split of the data cannot matter (one pair repeated):
+    the same logged losses (rel 1e-5), the same discriminator (1e-4) and a student that
+    answers the same to 1/255. Not bit-equal: float32 sums run in another order, and Adam
+    turns the float noise of parameters without gradient (biases before a batch norm) into
+    steps of up to the learning rate, which the following norm cancels."""
+    pairs = _one_pair_dataset(tmp_path / "pairs")
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "from student.config import make_config\n"
+        "from common.runs import init_distributed\n"
+        "from student.train import training_loop\n"
+        f"cfg = make_config('tiny', dict(pairs={str(pairs)!r}, outdir=sys.argv[1], "
+        "kimg=0.048, tick_kimg=0.024, snap=1, eval_pairs=0, grid_pairs=0, holdout_percent=0))\n"
+        "training_loop(cfg, init_distributed(), progress=False)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    for name, cmd in (
+        ("two", [*run, "--nproc_per_node", "2", str(script)]),
+        ("one", [sys.executable, str(script)]),
+    ):
+        r = subprocess.run(
+            [*cmd, str(tmp_path / name)], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "resume-state.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "resume-state.pt", weights_only=True)
+    assert (one["world"], two["world"]) == (1, 2)
+    assert one["counters"] == two["counters"] == {"cur_nimg": 48, "step": 6, "tick": 2}
+    a = [_strip_timing(x) for x in _lines(tmp_path / "one" / "stats.jsonl")]
+    b = [_strip_timing(x) for x in _lines(tmp_path / "two" / "stats.jsonl")]
+    assert len(a) == len(b) == 2 and a[0].keys() == b[0].keys()
+    for x, y in zip(a, b, strict=True):
+        for k in x:
+            assert y[k] == pytest.approx(x[k], rel=1e-5, abs=1e-7), k
+    for k in one["D"]:
+        torch.testing.assert_close(two["D"][k], one["D"][k], atol=1e-4, rtol=0)
+    from student.io import load_student
+
+    src = torch.from_numpy(_one_pair_src(tmp_path / "pairs")).permute(2, 0, 1)[None]
+    x = src.float() / 127.5 - 1
+    with torch.no_grad():
+        y1 = load_student(tmp_path / "one" / "student.safetensors")(x)
+        y2 = load_student(tmp_path / "two" / "student.safetensors")(x)
+    assert (y1 - y2).abs().max() < 2 / 255  # [-1, 1] outputs: one uint8 level
+
+
+def _one_pair_src(pairs: Path) -> np.ndarray:
+    from pairs.shards import iter_pairs
+
+    _key, src, _dst, _meta = next(iter(iter_pairs(pairs)))
+    return np.array(src)
 
 
 @pytest.mark.cuda

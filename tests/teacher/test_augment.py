@@ -370,3 +370,189 @@ def test_ada_controller_state_round_trip():
     assert a.state_dict() == b.state_dict()
     with pytest.raises(KeyError):
         b.load_state_dict({"p": 0.1})
+
+
+# ---------------------------------------------------------------------------------------------
+# scale, rotate, aniso, xfrac, contrast, lumaflip against the paper's matrices and distributions
+#
+# Karras et al. 2020, Appendix B (written out here, not taken from teacher.augment):
+#   scale     s ~ Lognormal(0, (0.2 ln 2)^2)           G = [[s, 0, 0], [0, s, 0], [0, 0, 1]]
+#   rotate    theta ~ U(-pi, pi), applied before and after aniso, each with 1 - sqrt(1 - p)
+#             G = [[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]]
+#   aniso     s ~ Lognormal(0, (0.2 ln 2)^2)           G = [[s, 0, 0], [0, 1/s, 0], [0, 0, 1]]
+#   xfrac     t ~ N(0, 0.125^2 I) of the size          G = [[1, 0, tx W], [0, 1, ty H], [0, 0, 1]]
+#   contrast  c ~ Lognormal(0, (0.5 ln 2)^2)           C = diag(c, c, c, 1)
+#   lumaflip  i ~ U{0, 1}, v = (1, 1, 1, 0) / sqrt(3)  C = I - 2 v v^T i
+# G maps input pixel coordinates (centred) to output ones; the pipeline stores its inverse.
+# Distributions are checked with a Kolmogorov-Smirnov test on 20000 draws (fixed seed); a
+# correct sampler fails it with probability 1e-4.
+
+N_DRAWS = 20000
+KS_ALPHA = 1e-4
+
+
+def _forward_geom(pipe: AugmentPipe, n: int = N_DRAWS, size: int = 64, seed: int = 11):
+    params = pipe.sample_params((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
+    return torch.linalg.inv(params.geom_inv.double()).numpy(), params
+
+
+def _ks_pvalue(samples: np.ndarray, cdf) -> float:
+    from scipy.stats import kstest
+
+    return kstest(samples, cdf).pvalue
+
+
+def _normal_cdf(std: float):
+    return lambda x: 0.5 * (1 + np.vectorize(math.erf)(np.asarray(x) / (std * math.sqrt(2))))
+
+
+def test_scale_matrix_and_lognormal_distribution():
+    G, _ = _forward_geom(_pipe("scale", 1.0))
+    s = G[:, 0, 0]
+    expected = np.zeros_like(G)
+    expected[:, 0, 0] = expected[:, 1, 1] = s
+    expected[:, 2, 2] = 1
+    np.testing.assert_allclose(G, expected, atol=1e-6)  # isotropic, no shift, no shear
+    assert _ks_pvalue(np.log2(s), _normal_cdf(0.2)) > KS_ALPHA
+
+
+def test_aniso_matrix_and_lognormal_distribution():
+    G, _ = _forward_geom(_pipe("aniso", 1.0))
+    s = G[:, 0, 0]
+    expected = np.zeros_like(G)
+    expected[:, 0, 0], expected[:, 1, 1], expected[:, 2, 2] = s, 1 / s, 1
+    np.testing.assert_allclose(G, expected, atol=1e-6)  # s along x, 1/s along y
+    assert _ks_pvalue(np.log2(s), _normal_cdf(0.2)) > KS_ALPHA
+
+
+def _angles(G: np.ndarray) -> np.ndarray:
+    rot = np.zeros_like(G)
+    theta = np.arctan2(G[:, 1, 0], G[:, 0, 0])
+    rot[:, 0, 0] = rot[:, 1, 1] = np.cos(theta)
+    rot[:, 1, 0], rot[:, 0, 1] = np.sin(theta), -np.sin(theta)
+    rot[:, 2, 2] = 1
+    np.testing.assert_allclose(G, rot, atol=1e-6)  # a pure rotation about the centre
+    return theta
+
+
+def test_rotate_matrix_and_distribution():
+    # Two rotations of U(-a, a) each at p = 1: with a = pi/2 their sum is triangular on
+    # (-pi, pi) (this fails for one rotation, or for another range); with a = pi it is
+    # uniform modulo 2 pi.
+    a = math.pi / 2
+    pipe = _pipe("rotate", 1.0)
+    pipe.rotate_max = 0.5
+    theta = _angles(_forward_geom(pipe)[0])
+
+    def triangular(x):
+        x = np.asarray(x)
+        return np.where(x <= 0, (x + 2 * a) ** 2, 8 * a * a - (2 * a - x) ** 2) / (8 * a * a)
+
+    assert _ks_pvalue(theta, triangular) > KS_ALPHA
+    theta = _angles(_forward_geom(_pipe("rotate", 1.0))[0])
+    assert _ks_pvalue(theta, lambda x: (np.asarray(x) + math.pi) / (2 * math.pi)) > KS_ALPHA
+    # At p = 0.5 each rotation has probability 1 - sqrt(0.5); some rotation, 0.5.
+    G, params = _forward_geom(_pipe("rotate", 0.5))
+    rotated = np.abs(_angles(G)) > 1e-9
+    assert rotated.mean() == pytest.approx(0.5, abs=6 * math.sqrt(0.25 / N_DRAWS))
+    assert np.array_equal(rotated, params.applied["rotate"].numpy())
+
+
+def test_rotate_aniso_rotate_has_the_aniso_singular_values():
+    """R(theta2) diag(s, 1/s) R(theta1): determinant 1 and singular values s and 1/s, so the
+    larger one, in log2, is a half-normal of std 0.2."""
+    G, _ = _forward_geom(_pipe("rotate,aniso", 1.0))
+    lin = G[:, :2, :2]
+    np.testing.assert_allclose(np.linalg.det(lin), 1.0, atol=1e-6)
+    np.testing.assert_allclose(G[:, :2, 2], 0.0, atol=1e-9)
+    sv = np.linalg.svd(lin, compute_uv=False)
+    np.testing.assert_allclose(sv[:, 0] * sv[:, 1], 1.0, atol=1e-6)
+    half_normal = _normal_cdf(0.2)
+    assert _ks_pvalue(np.log2(sv[:, 0]), lambda x: 2 * half_normal(x) - 1) > KS_ALPHA
+
+
+def test_xfrac_matrix_and_normal_distribution():
+    size = 64
+    G, _ = _forward_geom(_pipe("xfrac", 1.0), size=size)
+    np.testing.assert_allclose(G[:, :2, :2], np.broadcast_to(np.eye(2), (N_DRAWS, 2, 2)))
+    t = G[:, :2, 2] / size
+    for k in range(2):
+        assert _ks_pvalue(t[:, k], _normal_cdf(0.125)) > KS_ALPHA
+    assert abs(np.corrcoef(t.T)[0, 1]) < 6 / math.sqrt(N_DRAWS)  # x and y drawn independently
+
+
+def _blob(n: int, size: int, center: tuple[float, float], sigma: float = 2.5) -> torch.Tensor:
+    """A Gaussian spot at ``center`` (pixel units, origin at the image centre)."""
+    c = torch.arange(size, dtype=torch.float64) + 0.5 - size / 2
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    spot = torch.exp(-((xx - center[0]) ** 2 + (yy - center[1]) ** 2) / (2 * sigma**2))
+    return spot.expand(n, 3, size, size).float().contiguous()
+
+
+def _centroids(images: torch.Tensor, near: np.ndarray, radius: float = 14.0) -> np.ndarray:
+    """Intensity centroids within ``radius`` px of ``near`` [N, 2]: a zoomed-out image also
+    shows the spot's reflections in the padded border, which this window leaves out."""
+    size = images.shape[-1]
+    c = torch.arange(size, dtype=torch.float64) + 0.5 - size / 2
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    near = torch.from_numpy(near)[:, :, None, None]
+    window = (xx - near[:, 0]) ** 2 + (yy - near[:, 1]) ** 2 < radius**2
+    w = images[:, 0].double() * window
+    total = w.sum((1, 2))
+    cx, cy = (w * xx).sum((1, 2)) / total, (w * yy).sum((1, 2)) / total
+    return torch.stack([cx, cy], 1).numpy()
+
+
+@pytest.mark.parametrize("spec", ["scale", "rotate", "aniso", "xfrac", "rotate,aniso"])
+def test_geometric_ops_move_image_content_by_their_matrix(spec):
+    """A spot at p0 lands at G p0 (G from the drawn parameters): the image moves the way the
+    matrix says, not by its inverse or transpose (either would miss by 4 px or more here).
+    Tolerance 0.05 px; the resampling moved these centroids by at most 0.006 px."""
+    size, p0 = 64, np.array([6.0, -4.0, 1.0])
+    pipe = _pipe(spec, 1.0)
+    x = _blob(32, size, (p0[0], p0[1]))
+    params = pipe.sample_params(x.shape, generator=torch.Generator().manual_seed(4))
+    G = torch.linalg.inv(params.geom_inv.double()).numpy()
+    want = (G @ p0)[:, :2]
+    inside = (np.abs(want) < size / 2 - 12).all(1)  # the spot stays clear of the border
+    assert inside.sum() >= 16
+    got = _centroids(pipe.apply(x, params), want)
+    assert np.abs(got[inside] - want[inside]).max() < 0.05
+    moved = np.abs(want - p0[:2]).max(1) > 0.5
+    assert moved[inside].any()
+
+
+def test_contrast_matrix_distribution_and_effect():
+    pipe = _pipe("contrast", 1.0)
+    params = pipe.sample_params((N_DRAWS, 3, 1, 1), generator=torch.Generator().manual_seed(12))
+    C = params.color.double().numpy()
+    c = C[:, 0, 0]
+    expected = np.zeros_like(C)
+    expected[:, 0, 0] = expected[:, 1, 1] = expected[:, 2, 2] = c
+    expected[:, 3, 3] = 1
+    np.testing.assert_allclose(C, expected, atol=1e-6)  # scales about 0, no offset
+    assert _ks_pvalue(np.log2(c), _normal_cdf(0.5)) > KS_ALPHA
+    x = _images(n=8)
+    params = pipe.sample_params(x.shape)
+    y = pipe.apply(x, params)
+    torch.testing.assert_close(y, x * params.color[:, 0, 0, None, None, None], atol=1e-6, rtol=0)
+
+
+def test_lumaflip_is_the_householder_reflection_of_the_luma_axis_half_the_time():
+    pipe = _pipe("lumaflip", 1.0)
+    params = pipe.sample_params((N_DRAWS, 3, 1, 1), generator=torch.Generator().manual_seed(13))
+    C = params.color.double().numpy()
+    v = np.array([1.0, 1.0, 1.0, 0.0]) / math.sqrt(3)
+    flip = np.eye(4) - 2 * np.outer(v, v)
+    is_flip = np.abs(C - flip).max((1, 2)) < 1e-6
+    is_eye = np.abs(C - np.eye(4)).max((1, 2)) < 1e-6
+    assert (is_flip | is_eye).all()
+    assert is_flip.mean() == pytest.approx(0.5, abs=6 * math.sqrt(0.25 / N_DRAWS))
+    # On pixels: (r, g, b) -> (r, g, b) - 2/3 (r + g + b), so grey y becomes -y.
+    x = _images(n=16)
+    params = pipe.sample_params(x.shape, generator=torch.Generator().manual_seed(2))
+    y = pipe.apply(x, params)
+    flipped = x - 2 / 3 * x.sum(1, keepdim=True)
+    was_flipped = (params.color[:, 0, 0] < 0.5)[:, None, None, None]
+    torch.testing.assert_close(y, torch.where(was_flipped, flipped, x), atol=1e-6, rtol=0)
+    assert was_flipped.any() and (~was_flipped).any()

@@ -208,3 +208,44 @@ def test_projection_says_which_loss_terms_it_uses(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["loss"] == "pixel" and report["loss_terms"] == ["pixel pyramid mse"]
     assert "holds no discriminator" in report["loss_why"]
+
+
+def test_toonify_renders_the_blend_of_the_projected_latent_and_pastes_it(tmp_path):
+    """The saved toon crop is the *blended* generator's render of the saved latent (not the
+    base's), and the saved photo is that crop pasted into the photo: each recomputed here from
+    the files. Networks built here; photo ``skimage.data.astronaut()`` (public domain)."""
+    from skimage.data import astronaut
+
+    from faces.align import align, paste_back
+    from tests.conftest import randomize_, tiny_generator
+
+    torch.manual_seed(1)
+    base = randomize_(tiny_generator(img_resolution=32), seed=1)
+    toon = randomize_(tiny_generator(img_resolution=32), seed=2)
+    base_path = save_network(base, tmp_path / "base.safetensors")
+    blended_path = save_network(blend_generators(base, toon, swap_res=8), tmp_path / "bl.st")
+    blended = load_generator(blended_path)
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).resize((256, 256), Image.Resampling.LANCZOS).save(photo)
+    out = tmp_path / "toon"
+    argv = ["toonify", "--base", str(base_path), "--blended", str(blended_path)]
+    argv += ["--photo", str(photo), "--steps", "5", "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+
+    ws = torch.from_numpy(np.load(out / "projected_w.npz")["w"])
+    assert ws.shape == (1, base.num_ws, base.w_dim)
+
+    def render(G) -> np.ndarray:  # NVIDIA's uint8 convention: floor(x * 127.5 + 128), clipped
+        with torch.no_grad():
+            x = G.synthesis(ws, noise_mode="const", force_fp32=True)[0].permute(1, 2, 0)
+        return np.clip(np.floor(x.numpy() * 127.5 + 128), 0, 255).astype(int)
+
+    crop = np.asarray(Image.open(out / "astronaut_face0_toon.png")).astype(int)
+    assert np.abs(crop - render(blended)).max() <= 1
+    assert np.abs(crop - render(base)).mean() > 10  # the blend, not the base
+    src = np.asarray(Image.open(photo).convert("RGB"))
+    faces = align(src, size=32)
+    want = paste_back(src, faces, [crop.astype(np.uint8)]).astype(int)
+    got = np.asarray(Image.open(out / "astronaut_toon.png").convert("RGB")).astype(int)
+    assert np.abs(got - want).max() <= 1
+    assert np.abs(got - src).max() > 50  # pasted: the photo changed
