@@ -5,7 +5,8 @@ Stages (each uses the project's own commands; outputs under ``--out``, default `
 1. base teacher: ``demo/assets/base32.safetensors``, a 32 px StyleGAN2 trained from scratch on
    procedural photo-style faces by this project's ``toon-teacher finetune`` (command in
    ``demo/README.md``);
-2. ADA + FreezeD fine-tuning on 300 procedural game-style faces;
+2. ADA fine-tuning on 2000 procedural game-style faces that keeps the base's mapping network and
+   its blocks up to 8 px (``--freezeg 8 --freeze-mapping``), so a w keeps drawing the same face;
 3. blending (layer swapping) at the level and direction ``toon-teacher blend-search`` recommends
    with the offline judges (``demo/judges.py``) as its style and identity networks, and the
    blend grid over levels;
@@ -13,7 +14,10 @@ Stages (each uses the project's own commands; outputs under ``--out``, default `
 5. pair generation: synthetic pairs from random latents, and projected pairs from the photos;
 6. student training on the synthetic pairs;
 7. ONNX export and verification;
-8. ``toon-infer`` on held-out synthetic photos (in scenes) and on real photos, pasted back.
+8. ``toon-infer`` on held-out synthetic photos (in scenes) and on real photos, pasted back;
+9. the outcome (:mod:`demo.outcome`): students of three seeds and an oracle (the same student
+   trained on true pairs of other faces, a measuring instrument) through ``toon-infer``'s path on
+   24 held-out scenes, against the procedural truth.
 
 It ends with ``summary.json`` and ``contact_sheet.png``: where every artifact is, the student's
 fidelity to the teacher on held-out pairs, the distance of the student's and the teacher path's
@@ -64,10 +68,10 @@ class Scale:
 
 SCALES = {
     "demo": Scale(
-        "demo", 32, 300, 20.0, 4.0, 4, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63", 16, 3, 24, 4000, 20.0
+        "demo", 32, 2000, 20.0, 4.0, 0, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63", 8, 3, 24, 4000, 20.0
     ),
     "smoke": Scale(
-        "smoke", 32, 64, 0.128, 0.064, 2, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15", 16, 1, 4, 256, 0.4
+        "smoke", 32, 64, 0.128, 0.064, 0, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15", 8, 1, 4, 256, 0.4
     ),
 }
 
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 2. fine-tune on game-style faces -----------------------------------------------------
     t = time.time()
-    log(f"2/9 ADA + FreezeD fine-tuning on {scale.game_faces} game-style faces")
+    log(f"2/9 ADA fine-tuning on {scale.game_faces} game-style faces (coarse blocks kept)")
     game = out / "data" / "game"
     write_dataset(game, scale.game_faces, "game", seed=2000, size=size)
     ft = out / "finetune"
