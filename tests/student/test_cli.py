@@ -219,3 +219,30 @@ def test_cli_errors_are_one_line(student_file: Path, pairs_dir: Path, tmp_path: 
     assert info["kind"] == "student.generator" and info["arch"]["preset"] == "tiny"
     assert info["source"]["pairs_manifest_sha256"] == open_pairs(pairs_dir).manifest_sha256
     assert info["source"]["teachers"]["base"]["file"] == "tiny32.pkl"
+
+
+@pytest.mark.parametrize(
+    "device,dtype",
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+        pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
+    ],
+)
+def test_perceptual_loss_runs_in_float32_under_autocast(feature_nets, device, dtype):
+    """Inside autocast (where the feature network alone computes in reduced precision) the
+    perceptual loss equals the float32 loss exactly: its guard turns autocast off. (The
+    network is the stand-in as an eager module: TorchScript ignores autocast by default, an
+    eager network, or a future TorchScript, does not.)"""
+    from student.loss import PerceptualLoss
+
+    loss = PerceptualLoss(feature_nets["vgg16"], device=device)
+    loss.net = StandInVGG16().to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(2, 3, 32, 32, generator=g).to(device) * 2 - 1 for _ in range(2))
+    ref = loss(a, b)
+    with torch.autocast(device_type=device, dtype=dtype):
+        unguarded = loss.net((a + 1) * 127.5, resize_images=False, return_lpips=True)
+        got = loss(a, b)
+    assert unguarded.dtype == dtype  # autocast is on: without the guard, the loss would round
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
