@@ -15,11 +15,59 @@ SHARED = Path(os.environ.get("TOON_SHARED", REPO.parent / "shared"))
 
 
 def shared_file(*parts: str) -> Path:
-    """Path of a file in the shared material; skips the test when it is absent."""
+    """Path of a file in the shared material (NVIDIA's reference snapshots and outputs, and
+    the photos of people the identity tests compare); skips the test when it is absent.
+    Tests that only need *a* teacher or *a* photo use :func:`project_photo` and networks
+    built by the tests instead."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared fixture {path} not found (set TOON_SHARED to the shared folder)")
+        pytest.skip(
+            f"needs the shared reference fixture {path} (NVIDIA parity / identity tests only; "
+            "set TOON_SHARED to the shared folder)"
+        )
     return path
+
+
+_PHOTOS: dict[str, Path] = {}
+PHOTO_NAMES = ("one.jpg", "two.jpg", "rgba.png", "exif.jpg")
+
+
+def project_photo(name: str) -> Path:
+    """A test photo the project makes from ``skimage.data.astronaut()`` (NASA, public
+    domain), written once per process to a temporary folder:
+
+    - ``one.jpg``: 320 x 240, one face (detector box about x 101-174, y 45-118);
+    - ``two.jpg``: 640 x 240, that photo and its mirror image side by side (two faces);
+    - ``rgba.png``: ``one`` as RGBA, alpha falling from 255 to 55 left to right;
+    - ``exif.jpg``: a 240 x 320 portrait stored on its side (320 x 240) with EXIF
+      orientation 6, so it shows upright only when the orientation is applied.
+    """
+    if name not in PHOTO_NAMES:
+        raise ValueError(f"no project photo {name!r}; choose from {', '.join(PHOTO_NAMES)}")
+    if not _PHOTOS:
+        import tempfile
+
+        import numpy as np
+        from PIL import Image
+        from skimage.data import astronaut
+
+        folder = Path(tempfile.mkdtemp(prefix="toon-photos-"))
+        full = Image.fromarray(astronaut())  # 512 x 512
+        one = full.crop((0, 0, 512, 384)).resize((320, 240), Image.Resampling.LANCZOS)
+        rgb = np.asarray(one)
+        two = np.concatenate([rgb, rgb[:, ::-1]], axis=1)
+        alpha = np.broadcast_to(np.linspace(255, 55, 320).astype(np.uint8), (240, 320))
+        portrait = full.crop((64, 0, 448, 512)).resize((240, 320), Image.Resampling.LANCZOS)
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+        one.save(folder / "one.jpg", quality=92)
+        Image.fromarray(two).save(folder / "two.jpg", quality=92)
+        Image.fromarray(np.dstack([rgb, alpha])).save(folder / "rgba.png")
+        portrait.transpose(Image.Transpose.ROTATE_90).save(
+            folder / "exif.jpg", quality=92, exif=exif.tobytes()
+        )
+        _PHOTOS.update({n: folder / n for n in PHOTO_NAMES})
+    return _PHOTOS[name]
 
 
 def run_fresh_python(code: str, timeout: float = 60) -> str:
