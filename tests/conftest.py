@@ -37,8 +37,10 @@ def project_photo(name: str) -> Path:
     domain), written once per process to a temporary folder:
 
     - ``one.jpg``: 320 x 240, one face (detector box about x 101-174, y 45-118);
-    - ``two.jpg``: 640 x 240, that photo and its mirror image side by side (two faces);
-    - ``rgba.png``: ``one`` as RGBA, alpha falling from 255 to 55 left to right;
+    - ``two.jpg``: 640 x 300, the astronaut at 120 % beside her mirror image at 100 % (two
+      faces, boxes of about 105 and 88 px, the left one larger);
+    - ``rgba.png``: ``one`` as RGBA, opaque in an oval around the face, falling softly to
+      transparent outside it;
     - ``exif.jpg``: a 240 x 320 portrait stored on its side (320 x 240) with EXIF
       orientation 6, so it shows upright only when the orientation is applied.
     """
@@ -55,8 +57,12 @@ def project_photo(name: str) -> Path:
         full = Image.fromarray(astronaut())  # 512 x 512
         one = full.crop((0, 0, 512, 384)).resize((320, 240), Image.Resampling.LANCZOS)
         rgb = np.asarray(one)
-        two = np.concatenate([rgb, rgb[:, ::-1]], axis=1)
-        alpha = np.broadcast_to(np.linspace(255, 55, 320).astype(np.uint8), (240, 320))
+        big = full.resize((614, 614), Image.Resampling.LANCZOS).crop((70, 20, 470, 320))
+        mirror = full.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((150, 0, 390, 300))
+        two = np.concatenate([np.asarray(big), np.asarray(mirror)], axis=1)
+        yy, xx = np.mgrid[:240, :320]
+        r = np.hypot((xx - 137) / 60, (yy - 82) / 75)  # an oval around the face
+        alpha = np.rint(255 * np.clip((1.3 - r) / 0.3, 0, 1)).astype(np.uint8)
         portrait = full.crop((64, 0, 448, 512)).resize((240, 320), Image.Resampling.LANCZOS)
         exif = Image.Exif()
         exif[0x0112] = 6  # rotate 90 degrees clockwise to show

@@ -215,9 +215,9 @@ def test_toonify_multipart_crop_json_and_max_faces(plain, photos):
     )
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     doc = r.json()
-    assert doc["media_type"] == "image/jpeg" and (doc["width"], doc["height"]) == (640, 240)
+    assert doc["media_type"] == "image/jpeg" and (doc["width"], doc["height"]) == (640, 300)
     image = Image.open(io.BytesIO(base64.b64decode(doc["image"])))
-    assert image.format == "JPEG" and image.size == (640, 240)
+    assert image.format == "JPEG" and image.size == (640, 300)
     assert len(doc["faces"]) == 2
     for face in doc["faces"]:
         crop = Image.open(io.BytesIO(base64.b64decode(face["crop"])))
