@@ -119,6 +119,46 @@ def tiny_discriminator(**overrides) -> torch.nn.Module:
     return Discriminator(**kw).eval()
 
 
+TINY_TEACHER_NAME = "tiny32-local.safetensors"
+_TINY_TEACHER: list[Path] = []
+
+
+def tiny_teacher_file() -> Path:
+    """A 32 px teacher built here in the shape of NVIDIA's ``tiny32`` fixture (z = w = 64,
+    2 mapping layers, channel base 1024 / max 64, float16 blocks from 8 px, conv clamp 256),
+    with random weights, non-zero biases and noise strengths (:func:`randomize_`) and
+    ``w_avg`` the mean w of 512 random z: for the tests that need *a* teacher, not NVIDIA's.
+    Written once per process to a temporary folder as ``tiny32-local.safetensors``."""
+    if not _TINY_TEACHER:
+        import tempfile
+
+        from teacher.io import save_network
+
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(32)
+            G = randomize_(
+                tiny_generator(
+                    z_dim=64,
+                    w_dim=64,
+                    img_resolution=32,
+                    mapping_layers=2,
+                    channel_base=1024,
+                    channel_max=64,
+                    num_fp16_res=4,
+                    conv_clamp=256,
+                ),
+                seed=32,
+            )
+            with torch.no_grad():
+                G.mapping.w_avg.copy_(G.mapping(torch.randn(512, 64), None)[:, 0].mean(0))
+        finally:
+            torch.random.set_rng_state(state)
+        folder = Path(tempfile.mkdtemp(prefix="toon-teacher-"))
+        _TINY_TEACHER.append(save_network(G, folder / TINY_TEACHER_NAME))
+    return _TINY_TEACHER[0]
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

