@@ -1,5 +1,5 @@
-"""Student training on CPU at tiny size: it learns the tiny32 teacher's mapping, resumes exactly,
-and runs under torchrun."""
+"""Student training on CPU at tiny size: it learns a tiny32-shaped teacher's mapping, resumes
+exactly, and runs under torchrun."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from common.runs import DistInfo, TrainError
 from student.config import PRESETS, make_config
 from student.evaluate import evaluate_student
 from student.train import lr_factor, training_loop
-from tests.conftest import REPO, shared_file
+from tests.conftest import REPO, tiny_teacher_file
 from tests.pairs_fixture import write_pairs
 
 _CACHE: dict[str, Path] = {}
@@ -37,11 +37,9 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """512 tiny32 pairs (32 px) in 8 shards of 64."""
+    """512 pairs (32 px) of the tests' tiny32-shaped teacher in 8 shards of 64."""
     if "p" not in _CACHE:
-        _CACHE["p"] = write_pairs(
-            tmp_path_factory.mktemp("pairs"), shared_file("fixtures", "tiny32.pkl"), 512, 64
-        )
+        _CACHE["p"] = write_pairs(tmp_path_factory.mktemp("pairs"), tiny_teacher_file(), 512, 64)
     return _CACHE["p"]
 
 
