@@ -20,7 +20,7 @@ from export.onnx_export import ExportError, export_onnx, verify_model
 from export.runtime import ModelError, Toonifier
 from student.io import load_student, save_student
 from student.networks import build_generator, generator_arch
-from tests.conftest import REPO, shared_file
+from tests.conftest import REPO, project_photo
 
 SIZE = 64
 
@@ -173,7 +173,7 @@ def test_export_cli_errors_and_inspect(student, model, tmp_path, capsys):
 
 
 def test_infer_two_faces_replaced_and_outside_untouched(model, tmp_path):
-    photo = shared_file("faces", "two_people.jpg")
+    photo = project_photo("two.jpg")
     out = tmp_path / "out.png"
     rc = infer_main([str(photo), "-o", str(out), "--model", str(model), "--device", "cpu"])
     assert rc == 0
@@ -192,12 +192,12 @@ def test_infer_two_faces_replaced_and_outside_untouched(model, tmp_path):
 
 
 def test_infer_keeps_alpha_and_exif_orientation(model, tmp_path):
-    rgba = shared_file("faces", "32bit.png")
+    rgba = project_photo("rgba.png")
     out_dir = tmp_path / "o"
     rc = infer_main(
         [
             str(rgba),
-            str(shared_file("faces", "biden.jpg")),
+            str(project_photo("exif.jpg")),
             "-o",
             str(out_dir),
             "--model",
@@ -209,19 +209,19 @@ def test_infer_keeps_alpha_and_exif_orientation(model, tmp_path):
     assert rc == 0
     with Image.open(rgba) as im:
         alpha_in = np.asarray(im.convert("RGBA"))[:, :, 3]
-    res = Image.open(out_dir / "32bit_toon.png")
+    res = Image.open(out_dir / "rgba_toon.png")
     assert res.mode == "RGBA" and np.array_equal(np.asarray(res)[:, :, 3], alpha_in)
     from faces.align import load_image
 
-    upright = load_image(shared_file("faces", "biden.jpg"))
-    with Image.open(out_dir / "biden_toon.jpg") as b:
+    upright = load_image(project_photo("exif.jpg"))
+    with Image.open(out_dir / "exif_toon.jpg") as b:
         assert (b.height, b.width) == upright.shape[:2]
 
 
 def test_infer_crop_mode_json_report(model, tmp_path, capsys):
     rc = infer_main(
         [
-            str(shared_file("faces", "two_people.jpg")),
+            str(project_photo("two.jpg")),
             "--crop",
             "-o",
             str(tmp_path / "c"),
@@ -245,7 +245,7 @@ def test_infer_error_paths(model, tmp_path, capsys):
     blank = tmp_path / "blank.png"
     Image.new("RGB", (200, 200), (120, 130, 140)).save(blank)
     good = tmp_path / "obama_small.jpg"  # beside broken.jpg: -o o/ keeps that one folder flat
-    good.write_bytes(shared_file("faces", "obama_small.jpg").read_bytes())
+    good.write_bytes(project_photo("one.jpg").read_bytes())
     rc = infer_main(
         [str(bad), str(good), "-o", str(tmp_path / "o"), "--model", str(model), "--device", "cpu"]
     )

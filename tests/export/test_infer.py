@@ -15,7 +15,7 @@ from PIL import Image
 
 from export.infer_cli import main as infer_main
 from export.runtime import ModelError, Toonifier
-from tests.conftest import REPO, shared_file
+from tests.conftest import REPO, project_photo
 from tests.export.test_export import model, student  # noqa: F401  (module fixtures)
 from tests.faces.test_image import write_bomb_png
 
@@ -37,7 +37,7 @@ def _cli(model_path: Path, *argv: str, stdin: bytes = b"") -> subprocess.Complet
 
 
 def test_stdin_to_stdout_file_and_folder(model, tmp_path):  # noqa: F811
-    photo = shared_file("faces", "obama_small.jpg")
+    photo = project_photo("one.jpg")
     data = photo.read_bytes()
     r = _cli(model, "-", stdin=data)
     assert r.returncode == 0, r.stderr.decode()
@@ -59,7 +59,7 @@ def _two_folders(tmp_path: Path) -> Path:
     src = tmp_path / "in"
     for sub in ("a", "b/c"):
         (src / sub).mkdir(parents=True)
-        (src / sub / "x.jpg").write_bytes(shared_file("faces", "obama_small.jpg").read_bytes())
+        (src / sub / "x.jpg").write_bytes(project_photo("one.jpg").read_bytes())
     return src
 
 
@@ -106,7 +106,7 @@ def test_existing_outputs_need_a_flag(model, tmp_path, capsys):  # noqa: F811
 
 
 def test_two_inputs_mapping_to_one_name_never_replace_each_other(model, tmp_path, capsys):  # noqa: F811
-    photo = Image.open(shared_file("faces", "obama_small.jpg"))
+    photo = Image.open(project_photo("one.jpg"))
     photo.save(tmp_path / "x.gif")  # an unkept suffix: its output is x_toon.png
     photo.save(tmp_path / "x.png")
     out = tmp_path / "o"
@@ -169,10 +169,7 @@ def test_forged_metadata_gives_one_line(model, tmp_path, key, value, match, caps
     onnx.save(m, str(bad))
     with pytest.raises(ModelError, match=match):
         Toonifier(bad, device="cpu")
-    assert (
-        _infer(bad, str(shared_file("faces", "obama_small.jpg")), "-o", str(tmp_path / "o.png"))
-        == 1
-    )
+    assert _infer(bad, str(project_photo("one.jpg")), "-o", str(tmp_path / "o.png")) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and match.split()[0] in err
 

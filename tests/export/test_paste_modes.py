@@ -13,7 +13,7 @@ from export.infer_cli import main as infer_main
 from export.serve_api import ToonifyOptions
 from export.serve_service import PASTE_MASK, ToonService
 from faces.align import Aligner, align, paste_back
-from tests.conftest import shared_file
+from tests.conftest import project_photo
 from tests.export.test_export import model, student  # noqa: F401  (module fixtures)
 
 
@@ -41,7 +41,7 @@ def test_serve_pastes_like_toon_infer():
 def test_paste_mask_flag(model, tmp_path):  # noqa: F811
     """``--paste-mask square`` changes the corners of the face's square, the default (person)
     leaves them as they were; both replace the face."""
-    photo = shared_file("faces", "obama_small.jpg")
+    photo = project_photo("one.jpg")
     outs = {}
     for mode in ("person", "square"):
         dst = tmp_path / f"{mode}.png"

@@ -110,3 +110,21 @@ def test_toon_infer_crops_are_within_the_promised_psnr_of_fp32(
     psnr = _psnr(got, want)
     print(f"\n{precision} through toon-infer: {psnr:.2f} dB against fp32 PyTorch")
     assert MIN_PSNR[precision] <= psnr < 90, psnr
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_provider_runs_the_model_like_pytorch(student, model, variants, precision):
+    """ONNX Runtime's CUDA provider: fp32 within two levels of PyTorch's fp32 (one on CPU;
+    the provider may use TF32 convolutions, 10-bit mantissas), fp16 within the promised
+    40 dB."""
+    path = model if precision == "fp32" else variants[precision]
+    toon = Toonifier(path, device="cuda")
+    assert toon.device == "cuda" and toon.providers[0] == "CUDAExecutionProvider"
+    crops = _synthetic_faces(12, seed=2)
+    want = _fp32_torch(student, crops)
+    got = toon.run(crops)
+    if precision == "fp32":
+        assert np.abs(got.astype(int) - want).max() <= 2
+    else:
+        assert MIN_PSNR[precision] <= _psnr(got, want) < 90

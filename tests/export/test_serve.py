@@ -2,7 +2,8 @@
 
 Three servers serve a random 64-px ``tiny`` model: ``plain`` (defaults, small limits so the
 limits can be hit), ``guarded`` (API keys from a file and the environment, CORS for one origin,
-a queue of 1) and, for one test, two uvicorn workers. Photos come from ``../shared/faces``.
+a queue of 1) and, for one test, two uvicorn workers. Photos: the project's own
+(:func:`tests.conftest.project_photo`, from the public-domain astronaut image).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, shared_file
+from tests.conftest import REPO, project_photo
 from tests.serve_helpers import (
     HANG_GUARD_S,
     SIZE,
@@ -86,16 +87,14 @@ def guarded(model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def photos() -> dict[str, bytes]:
     """Encoded test photos: small ones with one and two faces, RGBA, EXIF-rotated."""
-    obama = shared_file("faces", "obama_small.jpg").read_bytes()
-    two = Image.open(shared_file("faces", "two_people.jpg")).convert("RGB")
-    two = two.resize((563, 330), Image.Resampling.LANCZOS)
-    mirrored = Image.open(io.BytesIO(obama)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    one = project_photo("one.jpg").read_bytes()
+    mirrored = Image.open(io.BytesIO(one)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return {
-        "obama.jpg": obama,
-        "two.jpg": _encode(two, "JPEG", quality=92),
+        "one.jpg": one,
+        "two.jpg": project_photo("two.jpg").read_bytes(),
         "mirrored.png": _encode(mirrored, "PNG"),
-        "rgba.png": shared_file("faces", "32bit.png").read_bytes(),
-        "exif.jpg": shared_file("faces", "biden.jpg").read_bytes(),
+        "rgba.png": project_photo("rgba.png").read_bytes(),
+        "exif.jpg": project_photo("exif.jpg").read_bytes(),
     }
 
 
@@ -178,7 +177,7 @@ def test_page_and_static_files(plain):
 def test_toonify_raw_body_each_format(plain, model, photos, fmt):
     r = httpx.post(
         f"{plain.url}/v1/toonify?format={fmt}",
-        content=photos["obama.jpg"],
+        content=photos["one.jpg"],
         headers={"Content-Type": "image/jpeg"},
         timeout=30,
     )
@@ -194,7 +193,7 @@ def test_toonify_raw_body_each_format(plain, model, photos, fmt):
     assert "align;dur=" in r.headers["server-timing"]
     assert r.headers["x-request-id"]
     got = np.asarray(img.convert("RGB")).astype(int)
-    want = expected_paste(model, _decode(photos["obama.jpg"])).astype(int)
+    want = expected_paste(model, _decode(photos["one.jpg"])).astype(int)
     if fmt == "png":
         assert np.abs(got - want).max() <= 1  # lossless; ONNX Runtime may round differently
     else:
@@ -216,9 +215,9 @@ def test_toonify_multipart_crop_json_and_max_faces(plain, photos):
     )
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     doc = r.json()
-    assert doc["media_type"] == "image/jpeg" and (doc["width"], doc["height"]) == (563, 330)
+    assert doc["media_type"] == "image/jpeg" and (doc["width"], doc["height"]) == (640, 300)
     image = Image.open(io.BytesIO(base64.b64decode(doc["image"])))
-    assert image.format == "JPEG" and image.size == (563, 330)
+    assert image.format == "JPEG" and image.size == (640, 300)
     assert len(doc["faces"]) == 2
     for face in doc["faces"]:
         crop = Image.open(io.BytesIO(base64.b64decode(face["crop"])))
@@ -236,7 +235,7 @@ def test_toonify_keeps_alpha_and_applies_exif(plain, photos):
     assert out.mode == "RGBA" and np.array_equal(np.asarray(out)[:, :, 3], alpha_in)
     r = httpx.post(f"{plain.url}/v1/toonify?format=jpeg", content=photos["exif.jpg"], timeout=30)
     assert r.status_code == 200, r.text
-    assert Image.open(io.BytesIO(r.content)).size == (970, 2204)  # upright, as EXIF says
+    assert Image.open(io.BytesIO(r.content)).size == (240, 320)  # upright, as EXIF says
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,19 +244,19 @@ def test_toonify_keeps_alpha_and_applies_exif(plain, photos):
 
 def test_bad_input_is_answered_and_the_server_stays_up(plain, photos):
     url = plain.url + "/v1/toonify"
-    obama = photos["obama.jpg"]
+    one = photos["one.jpg"]
     blank = _encode(Image.new("RGB", (200, 160), (120, 130, 140)), "PNG")
     ico = _encode(Image.new("RGB", (32, 32), (10, 200, 30)), "ICO")
     cases = [
         ("empty body", dict(content=b""), 400, "empty_body"),
         ("not an image", dict(content=b"hello, this is text"), 400, "not_an_image"),
-        ("truncated", dict(content=obama[: len(obama) // 2]), 400, "corrupt_image"),
+        ("truncated", dict(content=one[: len(one) // 2]), 400, "corrupt_image"),
         ("pixel bomb", dict(content=png_header_only(20000, 20000)), 413, "too_many_pixels"),
         ("unsupported format", dict(content=ico), 415, "unsupported_format"),
         ("no face", dict(content=blank), 422, "no_face"),
         (
             "multipart without image",
-            dict(files={"photo": ("a.jpg", obama, "image/jpeg")}),
+            dict(files={"photo": ("a.jpg", one, "image/jpeg")}),
             400,
             "bad_request",
         ),
@@ -282,17 +281,17 @@ def test_bad_input_is_answered_and_the_server_stays_up(plain, photos):
         "report=xml",
         "colour=red",
     ):
-        body = _assert_json_error(httpx.post(f"{url}?{query}", content=obama), 400, "bad_request")
+        body = _assert_json_error(httpx.post(f"{url}?{query}", content=one), 400, "bad_request")
         assert query.split("=")[0] in body["error"]
     r = httpx.get(url)
     _assert_json_error(r, 405, "method_not_allowed")
     assert r.headers["allow"] == "POST"
     _assert_json_error(httpx.delete(plain.url + "/healthz"), 405, "method_not_allowed")
     _assert_json_error(httpx.get(plain.url + "/v2/toonify"), 404, "not_found")
-    _assert_json_error(httpx.post(plain.url + "/toonify", content=obama), 404, "not_found")
+    _assert_json_error(httpx.post(plain.url + "/toonify", content=one), 404, "not_found")
     # The server is still up and still right.
     assert httpx.get(plain.url + "/healthz").status_code == 200
-    assert httpx.post(url, content=obama, timeout=30).status_code == 200
+    assert httpx.post(url, content=one, timeout=30).status_code == 200
     metrics = httpx.get(plain.url + "/metrics").text
     for kind in ("empty_body", "not_an_image", "corrupt_image", "too_many_pixels", "no_face"):
         assert _counter(metrics, "toon_errors_total", kind=kind) >= 1, kind
@@ -343,14 +342,14 @@ def test_api_keys(guarded, photos):
         r = httpx.get(url + "/v1/model", headers=headers)
         _assert_json_error(r, 401, "unauthorized")
         assert r.headers["www-authenticate"].startswith("Bearer")
-    r = httpx.post(url + "/v1/toonify", content=photos["obama.jpg"])
+    r = httpx.post(url + "/v1/toonify", content=photos["one.jpg"])
     _assert_json_error(r, 401, "unauthorized")
     for key in (FILE_KEY, *ENV_KEYS):
         r = httpx.get(url + "/v1/model", headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200, key
     r = httpx.post(
         url + "/v1/toonify",
-        content=photos["obama.jpg"],
+        content=photos["one.jpg"],
         headers={"Authorization": f"bearer {ENV_KEYS[1]}"},
         timeout=30,
     )
@@ -399,7 +398,7 @@ def test_a_stalled_upload_holds_no_queue_slot(guarded, photos):
         )
         assert ready["queue"] == 0
         r = httpx.post(
-            guarded.url + "/v1/toonify", content=photos["obama.jpg"], headers=auth, timeout=30
+            guarded.url + "/v1/toonify", content=photos["one.jpg"], headers=auth, timeout=30
         )
         assert r.status_code == 200, r.text[:300]
     finally:
@@ -414,7 +413,7 @@ def test_a_stalled_upload_holds_no_queue_slot(guarded, photos):
 
 def test_load_300_requests_at_concurrency_16(plain, model, photos):
     """Every request answered, correctly (its own photo's result), none lost."""
-    names = ["obama.jpg", "mirrored.png", "two.jpg"]
+    names = ["one.jpg", "mirrored.png", "two.jpg"]
     want = {n: expected_paste(model, _decode(photos[n])) for n in names}
     before = httpx.get(plain.url + "/metrics").text
     n_requests, concurrency = 300, 16
@@ -476,7 +475,7 @@ def test_two_workers(model, photos, tmp_path):
     server = Server(model, tmp_path / "workers", "--workers", "2")
     try:
         for _ in range(4):
-            r = httpx.post(server.url + "/v1/toonify", content=photos["obama.jpg"], timeout=30)
+            r = httpx.post(server.url + "/v1/toonify", content=photos["one.jpg"], timeout=30)
             assert r.status_code == 200
         wait_until(
             lambda: server.log().count('"event": "ready"') >= 2, "the second worker never came up"

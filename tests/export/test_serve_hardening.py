@@ -25,7 +25,7 @@ from PIL import Image
 from export.serve_codecs import DecodeBudget
 from export.serve_config import ServeConfig, ServeError, load_api_keys
 from export.serve_metrics import LoopErrorLog
-from tests.conftest import shared_file
+from tests.conftest import project_photo
 from tests.serve_helpers import (
     HANG_GUARD_S,
     Server,
@@ -79,7 +79,7 @@ def capped(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photo() -> bytes:
-    return shared_file("faces", "obama_small.jpg").read_bytes()
+    return project_photo("one.jpg").read_bytes()
 
 
 def _connect(port: int) -> socket.socket:

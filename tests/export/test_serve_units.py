@@ -17,7 +17,7 @@ from export.serve_batch import MicroBatcher
 from export.serve_codecs import decode_image, encode_image
 from export.serve_config import ApiKeys, ServeConfig, load_api_keys
 from export.serve_metrics import Metrics
-from tests.conftest import shared_file
+from tests.conftest import project_photo
 
 HANG_GUARD_S = 60  # only a broken batcher gets here: no passing run waits on it
 
@@ -317,7 +317,7 @@ def test_an_internal_error_is_a_json_500_without_a_traceback():
 
     from export.serve import create_app
 
-    photo = shared_file("faces", "obama_small.jpg").read_bytes()
+    photo = project_photo("one.jpg").read_bytes()
     app = create_app(ServeConfig(model="broken.onnx", access_log=False), toonifier=BrokenModel())
     service = app.state.service
 

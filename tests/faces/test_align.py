@@ -2,8 +2,9 @@
 paste-back, and the torch-free import.
 
 References: the expected crop positions come from the FFHQ recipe as published by NVIDIA
-(ffhq-dataset), re-derived here independently of faces.warp (see ``recipe_uv``); photos are the
-shared test photos described in shared/faces/LICENSE-NOTE.md and skimage's astronaut.
+(ffhq-dataset), re-derived here independently of faces.warp (see ``recipe_uv``); photos are
+skimage's astronaut (public domain) and the project's photos made from it
+(:func:`tests.conftest.project_photo`: two faces, RGBA, EXIF-rotated).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from faces.align import (
 )
 from faces.detect import FaceDetector, model_file
 from faces.warp import ffhq_quad, ffhq_warp, quad_matrix, recipe_points, transform_points
-from tests.conftest import run_fresh_python, shared_file
+from tests.conftest import project_photo, run_fresh_python
 
 REPO = Path(__file__).resolve().parents[2]
 S = 256
@@ -162,7 +163,7 @@ def test_nvidia_transform_size_gives_the_same_crop(astronaut):
 
 
 def _photo(name: str) -> np.ndarray:
-    return load_image(shared_file("faces", name))
+    return load_image(project_photo(name))
 
 
 def _check_redetected_eyes(face) -> None:
@@ -187,8 +188,8 @@ def test_astronaut_one_face_eyes_at_ffhq_positions(astronaut):
     _check_redetected_eyes(f)
 
 
-@pytest.mark.parametrize("name", ["obama_small.jpg", "biden.jpg", "32bit.png"])
-def test_shared_photos_one_face_each(name):
+@pytest.mark.parametrize("name", ["one.jpg", "exif.jpg", "rgba.png"])
+def test_project_photos_one_face_each(name):
     img = _photo(name)
     faces = align(img)
     assert len(faces) == 1
@@ -196,7 +197,7 @@ def test_shared_photos_one_face_each(name):
 
 
 def test_two_people_both_found_largest_first():
-    img = _photo("two_people.jpg")
+    img = _photo("two.jpg")
     faces = align(img)
     assert len(faces) == 2
     assert faces[0].face_size >= faces[1].face_size
@@ -210,12 +211,12 @@ def test_two_people_both_found_largest_first():
 
 
 def test_exif_rotated_photo_is_upright():
-    path = shared_file("faces", "biden.jpg")
+    path = project_photo("exif.jpg")
     with Image.open(path) as raw:
-        assert raw.size == (2204, 970)  # stored on its side
+        assert raw.size == (320, 240)  # stored on its side
         naive = np.asarray(raw.convert("RGB"))
     img = load_image(path)
-    assert img.shape == (2204, 970, 3)  # (H, W): upright portrait
+    assert img.shape == (320, 240, 3)  # (H, W): upright portrait
     faces = align(path)
     assert len(faces) == 1
     el, er, ml, mr = recipe_points(faces[0].landmarks)
@@ -224,7 +225,7 @@ def test_exif_rotated_photo_is_upright():
 
 
 def test_rgba_keeps_its_alpha():
-    path = shared_file("faces", "32bit.png")
+    path = project_photo("rgba.png")
     img = load_image(path)
     assert img.shape[2] == 4
     face = align(img)[0]
@@ -251,8 +252,8 @@ def test_no_face_is_an_empty_list_not_an_error():
     assert align(np.zeros((50, 40), np.uint8)) == []
 
 
-def test_cnn_detector():
-    small = _photo("obama_small.jpg")
+def test_cnn_detector(astronaut):
+    small = astronaut  # a face of about 90 px: the CNN detector finds faces from 80 px
     faces = align(small, detector="cnn")
     assert len(faces) == 1 and faces[0].source == "cnn" and 0 < faces[0].score
     ref = align(small)[0]
@@ -428,7 +429,7 @@ def _inside(face, shape) -> np.ndarray:
     return ((u > 0) & (u < 1) & (v > 0) & (v < 1)).reshape(shape[:2])
 
 
-PASTE_CASES = ["astronaut", "obama_small.jpg", "two_people.jpg", "32bit.png"]
+PASTE_CASES = ["astronaut", "one.jpg", "two.jpg", "rgba.png"]
 
 
 @pytest.mark.parametrize("name", PASTE_CASES)

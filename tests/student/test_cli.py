@@ -17,7 +17,7 @@ from student.cli import main
 from student.data import open_pairs, split_pairs
 from student.io import load_student
 from student.ops import float_to_uint8, uint8_to_float
-from tests.conftest import shared_file
+from tests.conftest import TINY_TEACHER_NAME, tiny_teacher_file
 from tests.pairs_fixture import write_pairs
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -70,9 +70,7 @@ class StandInVGG16(nn.Module):
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if "p" not in _CACHE:
-        _CACHE["p"] = write_pairs(
-            tmp_path_factory.mktemp("pairs"), shared_file("fixtures", "tiny32.pkl"), 128, 32
-        )
+        _CACHE["p"] = write_pairs(tmp_path_factory.mktemp("pairs"), tiny_teacher_file(), 128, 32)
     return _CACHE["p"]
 
 
@@ -176,7 +174,8 @@ def test_apply_runs_the_torch_model_on_crops(student_file: Path, pairs_dir: Path
 
 
 def test_cli_errors_are_one_line(student_file: Path, pairs_dir: Path, tmp_path: Path, capsys):
-    teacher = shared_file("fixtures", "tiny32.pkl")
+    teacher = tmp_path / "snapshot.pkl"  # what a user might pass by mistake
+    teacher.write_bytes(b"\x80\x04\x95 a pickle, not a safetensors file")
     cases = [
         (["eval", "--student", str(teacher), "--pairs", str(pairs_dir)], "not a safetensors"),
         (["eval", "--student", str(student_file), "--pairs", str(tmp_path)], "no manifest.json"),
@@ -218,4 +217,31 @@ def test_cli_errors_are_one_line(student_file: Path, pairs_dir: Path, tmp_path: 
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "student.generator" and info["arch"]["preset"] == "tiny"
     assert info["source"]["pairs_manifest_sha256"] == open_pairs(pairs_dir).manifest_sha256
-    assert info["source"]["teachers"]["base"]["file"] == "tiny32.pkl"
+    assert info["source"]["teachers"]["base"]["file"] == TINY_TEACHER_NAME
+
+
+@pytest.mark.parametrize(
+    "device,dtype",
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+        pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
+    ],
+)
+def test_perceptual_loss_runs_in_float32_under_autocast(feature_nets, device, dtype):
+    """Inside autocast (where the feature network alone computes in reduced precision) the
+    perceptual loss equals the float32 loss exactly: its guard turns autocast off. (The
+    network is the stand-in as an eager module: TorchScript ignores autocast by default, an
+    eager network, or a future TorchScript, does not.)"""
+    from student.loss import PerceptualLoss
+
+    loss = PerceptualLoss(feature_nets["vgg16"], device=device)
+    loss.net = StandInVGG16().to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(2, 3, 32, 32, generator=g).to(device) * 2 - 1 for _ in range(2))
+    ref = loss(a, b)
+    with torch.autocast(device_type=device, dtype=dtype):
+        unguarded = loss.net((a + 1) * 127.5, resize_images=False, return_lpips=True)
+        got = loss(a, b)
+    assert unguarded.dtype == dtype  # autocast is on: without the guard, the loss would round
+    assert got.dtype == torch.float32 and torch.equal(got, ref)

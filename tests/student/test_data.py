@@ -22,7 +22,7 @@ from student.data import (
     train_loader,
     worker_skip,
 )
-from tests.conftest import shared_file
+from tests.conftest import TINY_TEACHER_NAME, tiny_teacher_file
 from tests.pairs_fixture import write_pairs
 
 _CACHE: dict[str, Path] = {}
@@ -30,11 +30,9 @@ _CACHE: dict[str, Path] = {}
 
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """96 tiny32 pairs in 6 shards of 16."""
+    """96 pairs of the tests' tiny32-shaped teacher in 6 shards of 16."""
     if "p" not in _CACHE:
-        _CACHE["p"] = write_pairs(
-            tmp_path_factory.mktemp("pairs"), shared_file("fixtures", "tiny32.pkl"), 96, 16
-        )
+        _CACHE["p"] = write_pairs(tmp_path_factory.mktemp("pairs"), tiny_teacher_file(), 96, 16)
     return _CACHE["p"]
 
 
@@ -47,7 +45,7 @@ def _cfg(pairs: Path, **over):
 def test_manifest_is_read_and_checked(pairs_dir: Path, tmp_path: Path) -> None:
     info = open_pairs(pairs_dir, verify=True)
     assert info.resolution == 32 and info.count == 96 and len(info.shards) == 6
-    assert info.teachers["base"]["file"] == "tiny32.pkl" and len(info.manifest_sha256) == 64
+    assert info.teachers["base"]["file"] == TINY_TEACHER_NAME and len(info.manifest_sha256) == 64
 
     bad = tmp_path / "bad"
     shutil.copytree(pairs_dir, bad)

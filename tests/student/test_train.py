@@ -1,5 +1,5 @@
-"""Student training on CPU at tiny size: it learns the tiny32 teacher's mapping, resumes exactly,
-and runs under torchrun."""
+"""Student training on CPU at tiny size: it learns a tiny32-shaped teacher's mapping, resumes
+exactly, and runs under torchrun."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from common.runs import DistInfo, TrainError
 from student.config import PRESETS, make_config
 from student.evaluate import evaluate_student
 from student.train import lr_factor, training_loop
-from tests.conftest import REPO, shared_file
+from tests.conftest import REPO, tiny_teacher_file
 from tests.pairs_fixture import write_pairs
 
 _CACHE: dict[str, Path] = {}
@@ -37,11 +37,9 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """512 tiny32 pairs (32 px) in 8 shards of 64."""
+    """512 pairs (32 px) of the tests' tiny32-shaped teacher in 8 shards of 64."""
     if "p" not in _CACHE:
-        _CACHE["p"] = write_pairs(
-            tmp_path_factory.mktemp("pairs"), shared_file("fixtures", "tiny32.pkl"), 512, 64
-        )
+        _CACHE["p"] = write_pairs(tmp_path_factory.mktemp("pairs"), tiny_teacher_file(), 512, 64)
     return _CACHE["p"]
 
 
@@ -337,16 +335,69 @@ def _one_pair_src(pairs: Path) -> np.ndarray:
     return np.array(src)
 
 
+def _cuda_run(pairs: Path, outdir: Path, **over) -> list[dict]:
+    cfg = make_config("tiny", dict(pairs=str(pairs), outdir=str(outdir), **over))
+    training_loop(cfg, DistInfo(device=torch.device("cuda", 0)), progress=False)
+    return _lines(outdir / "stats.jsonl")
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_cuda_mixed_precision_runs(pairs_dir: Path, tmp_path: Path, amp: str) -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    cfg = _resume_cfg(pairs_dir, tmp_path / amp, amp=amp, arch="mobile", kimg=0.064)
-    training_loop(cfg, DistInfo(device=torch.device("cuda", 0)), progress=False)
-    lines = _lines(tmp_path / amp / "stats.jsonl")
+def test_cuda_mixed_precision_learns_like_fp32(pairs_dir: Path, tmp_path: Path, amp: str) -> None:
+    """The ``tiny`` run on CUDA with autocast learns as the fp32 run does: its held-out L1
+    ends below half the identity's (the CPU test's bar) and within 20 % of the fp32 run's;
+    the first tick's mean L1 loss within 10 %. bf16 keeps 8 significant bits, fp16 11; GAN
+    training lets the runs drift apart, hence the wider bar at the end. (Set without a GPU
+    run: widen only with a measured reason.)"""
+    mixed = _cuda_run(pairs_dir, tmp_path / amp, amp=amp)
+    full = _cuda_run(pairs_dir, tmp_path / "fp32", amp="none")
+    assert all(math.isfinite(v) for line in mixed for v in line.values())
+    assert "Resources/peak_gpu_mem_gb" in mixed[-1]
+    end, ref = mixed[-1], full[-1]
+    assert end["Eval/l1"] < 0.5 * end["Eval/l1_identity"], end
+    assert end["Eval/l1"] == pytest.approx(ref["Eval/l1"], rel=0.2)
+    assert mixed[0]["Loss/G/l1"] == pytest.approx(full[0]["Loss/G/l1"], rel=0.1)
+    assert mixed[0]["Loss/G/l1"] > end["Loss/G/l1"]  # the loss falls
+
+
+@pytest.mark.cuda
+def test_cuda_fp16_resume_restores_the_grad_scalers(pairs_dir: Path, tmp_path: Path) -> None:
+    """fp16 keeps a GradScaler per optimizer in the resume state. A scale planted in the
+    file (16) is what the resumed run continues from: in 8 steps a scale can only halve on
+    overflow (growth needs 2000 clean steps), so it ends at 16 or below, where a fresh
+    scaler (65536) could not fall under 65536 / 2**8 = 256."""
+    over = dict(amp="fp16", kimg=0.128, tick_kimg=0.064, eval_pairs=8, grid_pairs=2)
+    cfg = make_config("tiny", dict(pairs=str(pairs_dir), outdir=str(tmp_path / "run"), **over))
+    cuda = DistInfo(device=torch.device("cuda", 0))
+    training_loop(cfg, cuda, progress=False, stop_after_steps=9)  # resume state after tick 1
+    path = tmp_path / "run" / "resume-state.pt"
+    state = torch.load(path, weights_only=False)
+    assert state["counters"]["step"] == 8
+    for name in ("scaler_G", "scaler_D"):
+        assert state[name]["scale"] > 0, name  # fp16: enabled scalers with a state
+        state[name]["scale"] = 16.0
+    torch.save(state, path)
+    training_loop(cfg, cuda, progress=False)
+    end = torch.load(path, weights_only=False)
+    assert end["counters"]["step"] == 16
+    for name in ("scaler_G", "scaler_D"):
+        assert 0 < end[name]["scale"] <= 16.0, (name, end[name])
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_falls_back_to_fp16_with_scalers(pairs_dir, tmp_path, monkeypatch) -> None:
+    """A GPU without bf16 runs ``amp=bf16`` in fp16, with grad scalers (bf16 needs none)."""
+    over = dict(kimg=0.032, tick_kimg=0.032, eval_pairs=0, grid_pairs=0)
+    has_bf16 = torch.cuda.is_bf16_supported()
+    _cuda_run(pairs_dir, tmp_path / "bf16", amp="bf16", **over)
+    native = torch.load(tmp_path / "bf16" / "resume-state.pt", weights_only=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    lines = _cuda_run(pairs_dir, tmp_path / "fallback", amp="bf16", **over)
+    fallback = torch.load(tmp_path / "fallback" / "resume-state.pt", weights_only=False)
+    if has_bf16:
+        assert not native["scaler_G"]  # bf16: scalers disabled, nothing to keep
+    assert fallback["scaler_G"]["scale"] > 0 and fallback["scaler_D"]["scale"] > 0
     assert all(math.isfinite(v) for line in lines for v in line.values())
-    assert "Resources/peak_gpu_mem_gb" in lines[-1]
 
 
 def test_figures_on_training_pairs_are_labelled_as_such(

@@ -350,3 +350,25 @@ def test_evaluate_on_cuda_matches_cpu(feature_paths):
     # float16 layers are off in the tiny generator; differences are float32 rounding.
     for key, value in cpu.items():
         assert gpu[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
+
+
+def _fp16_features(feature_paths, device: str, force_fp32: bool) -> np.ndarray:
+    from tests.conftest import randomize_
+
+    torch.manual_seed(0)
+    G = randomize_(tiny_generator(img_resolution=32, num_fp16_res=2)).to(device)
+    net = FeatureNet(feature_paths["inception"], kind="inception", device=device)
+    return features_from_generator(G, net, num=16, batch=8, seed=3, force_fp32=force_fp32)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_features_of_an_fp16_generator_match_its_fp32_render(feature_paths, device):
+    """A generator with float16 blocks (16 and 32 px) gives the features of its float32
+    render within float16 rounding. Renders move by a uint8 level or two; the stand-in's
+    features (4x4 cell means of pixels / 255 through a random 48 x 16 matrix, values up to
+    ~15) then move by well under 0.02 (measured 4.4e-3), where one level on every pixel
+    would move them by ~0.15."""
+    ref = _fp16_features(feature_paths, "cpu", force_fp32=True)
+    got = _fp16_features(feature_paths, device, force_fp32=False)
+    assert not np.array_equal(got, ref)  # the float16 blocks ran
+    np.testing.assert_allclose(got, ref, atol=2e-2, rtol=0)
