@@ -19,8 +19,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+SCALE ?= demo
+
 demo: setup
-	$(BIN)/python -m demo.run
+	$(BIN)/python -m demo.run --scale $(SCALE)
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from demo.diagnose import Model, compare_res, held_out_scenes, landmark_box
+from demo.diagnose import REPO, Model, compare_res, held_out_scenes, landmark_box
 
 EYES = (slice(36, 42), slice(42, 48))
 JAW = slice(0, 17)
@@ -201,6 +201,11 @@ GOALS = {
 }
 
 
+def oracle_asset(size: int) -> Path:
+    """Where the shipped oracle of a resolution lives (``python -m demo.outcome oracle``)."""
+    return REPO / "demo" / "assets" / f"oracle{size}.onnx"
+
+
 def demo_outcome(
     work: Path,
     size: int,
@@ -209,14 +214,18 @@ def demo_outcome(
     oracle_pairs: int,
     oracle_kimg: float,
     judges_file: Path | None,
+    oracle_file: Path | None = None,
 ) -> dict:
-    """The outcome of one demo run: every seed's exported student, the oracle (trained here on
-    ``oracle_pairs`` true pairs of other faces) and the identity model on ``faces`` held-out
-    scenes; the spread over seeds and which goals are met."""
+    """The outcome of one demo run: every seed's exported student, the oracle and the identity
+    model on ``faces`` held-out scenes; the spread over seeds and which goals are met. The oracle
+    is ``oracle_file`` when given (the shipped asset), else trained here on ``oracle_pairs`` true
+    pairs of other faces for ``oracle_kimg``."""
     from demo.diagnose import onnx_model, train_oracle
 
     t = time.time()
-    oracle = onnx_model(train_oracle(work, size, oracle_pairs, oracle_kimg, "tiny"))
+    if oracle_file is None:
+        oracle_file = train_oracle(work, size, oracle_pairs, oracle_kimg, "tiny")
+    oracle = onnx_model(oracle_file)
     oracle_s = time.time() - t
     judges = None
     if judges_file is not None and judges_file.exists():
@@ -237,7 +246,7 @@ def demo_outcome(
         )
     report["goals"] = GOALS
     report["met"] = goals_met(report["students"], faces)
-    report["oracle_train_s"] = round(oracle_s, 1)
+    report["oracle"] = {"file": str(oracle_file), "seconds": round(oracle_s, 1)}
     return report
 
 
@@ -257,3 +266,32 @@ def goals_met(students: dict, faces: int) -> dict[str, bool]:
             students["param_error_over_truth"]["mean"] <= GOALS["param_error_over_truth_at_most"]
         )
     return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m demo.outcome oracle --size 32 --out demo/assets/oracle32.onnx``: train the
+    oracle (the demo student's architecture on true pairs of other faces; for measurement only)
+    and write its ONNX file."""
+    import argparse
+    import shutil
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    po = sub.add_parser("oracle", help="train the oracle and write its ONNX file")
+    po.add_argument("--size", type=int, default=32)
+    po.add_argument("--pairs", type=int, default=4000, help="true pairs (default 4000)")
+    po.add_argument("--kimg", type=float, default=20.0, help="training length (default 20)")
+    po.add_argument("--out", required=True, help="ONNX file to write")
+    args = ap.parse_args(argv)
+    from demo.diagnose import train_oracle
+
+    with tempfile.TemporaryDirectory() as work:
+        onnx = train_oracle(Path(work), args.size, args.pairs, args.kimg, "tiny")
+        shutil.copyfile(onnx, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

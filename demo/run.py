@@ -68,7 +68,10 @@ class Scale:
 
 SCALES = {
     "demo": Scale(
-        "demo", 32, 2000, 20.0, 4.0, 0, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63", 8, 3, 24, 4000, 20.0
+        "demo", 32, 2000, 20.0, 4.0, 0, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63", 8, 1, 24, 4000, 20.0
+    ),
+    "full": Scale(
+        "full", 32, 2000, 20.0, 4.0, 0, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63", 8, 3, 24, 4000, 20.0
     ),
     "smoke": Scale(
         "smoke", 32, 64, 0.128, 0.064, 0, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15", 8, 1, 4, 256, 0.4
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="reuse an existing output folder")
     args = ap.parse_args(argv)
     scale = SCALES[args.scale]
-    out = Path(args.out or REPO / "demo" / ("out" if scale.name == "demo" else "out-smoke"))
+    out = Path(args.out or REPO / "demo" / ("out-smoke" if scale.name == "smoke" else "out"))
     if out.exists() and not args.keep:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -432,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         f"9/9 outcome: {scale.student_seeds} student seed(s) and the oracle through toon-infer's "
         f"path on {scale.outcome_faces} held-out scenes"
     )
-    from demo.outcome import demo_outcome
+    from demo.outcome import demo_outcome, oracle_asset
 
     students = {0: onnx_path}
     for seed in range(1, scale.student_seeds):
@@ -442,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     judges = REPO / "demo" / "assets" / f"judges{size}.safetensors"
     outcome = demo_outcome(
         out / "oracle", size, scale.outcome_faces, students, scale.oracle_pairs,
-        scale.oracle_kimg, judges,
+        scale.oracle_kimg, judges, oracle_asset(size) if scale.name != "smoke" else None,
     )  # fmt: skip
     timings["outcome_s"] = time.time() - t
 
