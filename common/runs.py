@@ -366,6 +366,25 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+def stopped_result(
+    prog: str, e: Interrupted, state: dict, saved_nimg: int | None, main: bool
+) -> dict:
+    """Say in one line (on the main process) where a run stopped by ``e`` will resume, and
+    return the loop's result for it."""
+    if main:
+        where = (
+            f"the run resumes at {saved_nimg / 1000:g} kimg"
+            if saved_nimg is not None
+            else "nothing was saved yet (every tick saves), so a rerun starts from 0"
+        )
+        print(
+            f"{prog}: stopped by {e.name} at {state['cur_nimg'] / 1000:g} kimg; {where}; "
+            "run the same command again to continue",
+            file=sys.stderr,
+        )
+    return dict(state, stopped=True, interrupted=e.name, exit_status=e.exit_status)
+
+
 class StopSignals:
     """Turn SIGINT and SIGTERM into :class:`Interrupted` for the duration of a ``with`` block.
 

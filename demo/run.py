@@ -74,7 +74,7 @@ SCALES = {
         "full", 32, 2000, 20.0, 4.0, 0, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63", 8, 3, 24, 4000, 20.0
     ),
     "smoke": Scale(
-        "smoke", 32, 64, 0.128, 0.064, 0, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15", 8, 1, 4, 256, 0.4
+        "smoke", 32, 64, 0.128, 0.064, 2, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15", 0, 1, 4, 256, 0.4
     ),
 }
 
@@ -221,11 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             "scale,xflip,noise",
             "--freezed",
             str(scale.freezed),
-            "--freezeg",
-            str(scale.freezeg),
-            "--freeze-mapping",
             "--outdir",
             str(ft),
+            *(["--freezeg", str(scale.freezeg), "--freeze-mapping"] if scale.freezeg else []),
         ],
     )
     finetuned = sorted(ft.glob("network-snapshot-*.safetensors"))[-1]

@@ -51,6 +51,7 @@ from common.runs import (
     prepare_run_dir,
     save_resume_state,
     snapshot_tag,
+    stopped_result,
     trim_log,
 )
 from teacher.augment import make_augment_pipe
@@ -600,18 +601,7 @@ def training_loop(
         if bar is not None:
             bar.close()
             bar = None
-        if di.main:
-            where = (
-                f"the run resumes at {saved_nimg / 1000:g} kimg"
-                if saved_nimg is not None
-                else "nothing was saved yet (every tick saves), so a rerun starts from 0"
-            )
-            print(
-                f"finetune: stopped by {e.name} at {state['cur_nimg'] / 1000:g} kimg; {where}; "
-                "run the same command again to continue",
-                file=sys.stderr,
-            )
-        return dict(state, stopped=True, interrupted=e.name, exit_status=e.exit_status)
+        return stopped_result("finetune", e, state, saved_nimg, di.main)
     finally:
         signals.restore()
         if bar is not None:
