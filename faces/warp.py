@@ -158,19 +158,14 @@ def _pad_reflect_blur(arr: np.ndarray, pad: tuple[int, int, int, int], qsize: fl
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def ffhq_warp(
-    image: np.ndarray,
-    quad: np.ndarray,
-    size: int = 256,
-    *,
-    transform_size: int | None = None,
-    enable_padding: bool = True,
-) -> np.ndarray:
-    """The aligned crop (size, size, C) of ``image`` (H, W, C uint8, C in 1, 3, 4) for ``quad``.
+PRESCALE_UP_TO = 1.6  # ffhq_warp_prescaled approximates squares up to this many crop sides
 
-    ``transform_size``: size of the bilinear quad transform before the final Lanczos resize
-    (NVIDIA used 4096 for 1024 output); default: :func:`auto_transform_size`.
-    """
+
+def _ffhq_region(
+    image: np.ndarray, quad: np.ndarray, size: int, enable_padding: bool
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Steps 2-4 of the recipe: the shrunk, cropped and padded region of ``image`` around
+    ``quad`` (H, W, C uint8), the quad in its pixel indices, and the quad's size there."""
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 1|3|4) uint8, got {image.shape} {image.dtype}")
     H, W = image.shape[:2]
@@ -213,9 +208,28 @@ def ffhq_warp(
         pad = tuple(max(p, int(np.rint(qsize * 0.3))) for p in pad)
         region = _pad_reflect_blur(region, pad, qsize)
         quad += pad[:2]
+    return region, quad, qsize
 
-    # 5. Supersampled quad transform, then the final resize.
-    tsize = transform_size or auto_transform_size(qsize, size)
+
+def ffhq_warp(
+    image: np.ndarray,
+    quad: np.ndarray,
+    size: int = 256,
+    *,
+    transform_size: int | None = None,
+    enable_padding: bool = True,
+) -> np.ndarray:
+    """The aligned crop (size, size, C) of ``image`` (H, W, C uint8, C in 1, 3, 4) for ``quad``.
+
+    ``transform_size``: size of the bilinear quad transform before the final Lanczos resize
+    (NVIDIA used 4096 for 1024 output); default: :func:`auto_transform_size`.
+    """
+    region, quad, qsize = _ffhq_region(image, quad, size, enable_padding)
+    return _supersampled(region, quad, size, transform_size or auto_transform_size(qsize, size))
+
+
+def _supersampled(region: np.ndarray, quad: np.ndarray, size: int, tsize: int) -> np.ndarray:
+    """Step 5: quad transform of the region to ``tsize`` pixels a side, then the final resize."""
     data = tuple((quad + 0.5).ravel())
     out = [
         im.transform((tsize, tsize), Image.Transform.QUAD, data, BILINEAR)
@@ -223,6 +237,50 @@ def ffhq_warp(
     ]
     if tsize != size:
         out = [im.resize((size, size), LANCZOS) for im in out]
+    return _join(out)
+
+
+def ffhq_warp_prescaled(
+    image: np.ndarray, quad: np.ndarray, size: int = 256, *, enable_padding: bool = True
+) -> np.ndarray:
+    """:func:`ffhq_warp` in about half the time, for video frames: the same crop up to
+    resampling (tests/export/test_video.py bounds the difference).
+
+    Where the square is a little wider than ``size`` (``size < qsize <= 1.6 * size``: faces
+    of 260-410 px for 256 px crops), step 5's bilinear transform to a supersampled square
+    (``2 * size`` pixels a side) and its Lanczos resize become a Lanczos resize of the
+    square's bounding box by ``size / qsize`` (antialiased like the recipe's final resize) and
+    a bilinear transform of ``size`` squared pixels at one resized pixel per crop pixel, which
+    only turns and shifts. Otherwise it is :func:`ffhq_warp`: for larger squares the bilinear
+    interpolation at one pixel per pixel loses detail the recipe's supersampling keeps (mean
+    gradient under 0.9 of its crop), and a bicubic one, as sharp, makes the crop of a square
+    that jitters by a tenth of a pixel flicker 60 % more than the recipe's.
+
+    The cost of the approximation: a square that moves by sub-pixel steps changes the crop a
+    little more than with :func:`ffhq_warp` (a tracked face in a static 720p clip: 0.36 against
+    0.29 levels mean change between frames; bilinear interpolation blurs by how far each
+    sample falls between pixels, and the recipe samples twice as densely).
+    """
+    region, quad, qsize = _ffhq_region(image, quad, size, enable_padding)
+    if not size < qsize <= PRESCALE_UP_TO * size:
+        return _supersampled(region, quad, size, auto_transform_size(qsize, size))
+    r = size / qsize  # resized pixels per region pixel, < 1
+    h, w = region.shape[:2]
+    # The square's bounding box and 2 resized pixels around it (what the bilinear reads),
+    # inside the region; the resize reads its filter's support beyond it.
+    lo = np.maximum(np.floor((quad.min(0) + 0.5) * r) - 2, 0)
+    hi = np.minimum(np.ceil((quad.max(0) + 0.5) * r) + 2, np.floor(np.array([w, h]) * r))
+    nw, nh = (max(int(v), 1) for v in hi - lo)
+    box = (lo[0] / r, lo[1] / r, min((lo[0] + nw) / r, w), min((lo[1] + nh) / r, h))
+    sx, sy = nw / (box[2] - box[0]), nh / (box[3] - box[1])
+    # Region continuous coordinates (index + 0.5) -> resized: (X - box origin) * s.
+    data = tuple(((quad + 0.5 - [box[0], box[1]]) * [sx, sy]).ravel())
+    out = [
+        im.resize((nw, nh), LANCZOS, box=box).transform(
+            (size, size), Image.Transform.QUAD, data, BILINEAR
+        )
+        for im in _bands(np.ascontiguousarray(region))
+    ]
     return _join(out)
 
 
