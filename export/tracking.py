@@ -187,6 +187,20 @@ def _outside(box: np.ndarray, width: int, height: int) -> float:
     return float(1.0 - w * h / area)
 
 
+class GrayOnDemand:
+    """The gray frame (:func:`faces.image.to_gray`) converted only where it is read: indexing
+    gives ``to_gray`` of the RGB pixels indexed, the same values as the whole frame's gray
+    (the conversion is pixel by pixel). Between detection rounds the tracker reads only the
+    patch around each face (``FaceDetector.landmarks`` slices it) and a sparse thumbnail."""
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        self.rgb = rgb
+        self.shape = rgb.shape[:2]
+
+    def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
+        return to_gray(self.rgb[index])
+
+
 @dataclass
 class Track:
     """One followed face. ``landmarks``: smoothed (68, 2) frame pixels (what to align with);
@@ -225,7 +239,7 @@ class FaceTracker:
         import time
 
         c = self.config
-        gray = to_gray(rgb)
+        gray = GrayOnDemand(rgb)
         dt = 0.0 if self._time is None else t - self._time
         self._time = t
         thumb = gray[::THUMB_STEP, ::THUMB_STEP].astype(np.int16)
@@ -237,6 +251,7 @@ class FaceTracker:
             tr.box = box_from(tr.relation, tr.landmarks)
         if cut or self._frame % c.detect_every == 0:
             t0 = time.perf_counter()
+            gray = to_gray(rgb)  # the detector searches the whole frame
             self._detect(rgb, gray, cut)
             self.stats["detect_s"] += time.perf_counter() - t0
         self._frame += 1

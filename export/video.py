@@ -3,12 +3,13 @@
     from export.video import VideoOptions, toonify_video
     report = toonify_video("clip.mp4", "clip_toon.mp4", toonifier)
 
-Three stages run in threads joined by short queues: decoding (a reader thread), the faces (the
-calling thread: tracking, alignment, the model, paste-back) and encoding (a writer thread), so
-decoding and encoding overlap the model. Audio packets travel through the same queues in file
-order and are copied into the output. The output is written to a temporary name beside the
-final one and renamed only when the whole video succeeded: a damaged input, an error or an
-interrupt leaves no file under the final name.
+Four stages run in threads joined by short queues, each taking the frames in order: decoding
+(a reader thread), the faces' tracking and alignment (a tracker thread), the model and the
+paste-back (the calling thread) and encoding (a writer thread), so that on two cores the model
+overlaps the tracking, the decoding and the encoding. Audio packets travel through the same
+queues in file order and are copied into the output. The output is written to a temporary
+name beside the final one and renamed only when the whole video succeeded: a damaged input, an
+error or an interrupt leaves no file under the final name.
 
 ``mode="paste"`` writes the video at its size with the faces pasted back (``paste_mask`` as for
 photos); ``mode="crop"`` writes the toonified aligned crop of the main face (the oldest track),
@@ -156,6 +157,7 @@ def toonify_video(
     faces_per_frame: list[int] = []
     stop = threading.Event()
     decoded: queue.Queue = queue.Queue(QUEUE_SIZE)
+    aligned: queue.Queue = queue.Queue(QUEUE_SIZE)
     finished: queue.Queue = queue.Queue(QUEUE_SIZE)
     tmp = temp_path(dst)
     sink: list[VideoSink] = []
@@ -171,6 +173,32 @@ def toonify_video(
             if item is _END or not _put(decoded, item, stop):
                 break
         _put(decoded, _END, stop)
+
+    def track() -> None:
+        while True:
+            item = _get(decoded, stop)
+            if item is _END:
+                break
+            kind, payload = item
+            if kind == "video":
+                frame = payload
+                t0 = time.perf_counter()
+                tracks = tracker.update(frame.rgb, frame.time)
+                t1 = time.perf_counter()
+                faces = [
+                    aligner.warp(frame.rgb, tr.landmarks, tr.box, source="track", prescaled=True)
+                    for tr in tracks
+                ]
+                t2 = time.perf_counter()
+                # The paste masks depend on the landmarks alone: made here, beside the model.
+                alphas = [paster.alpha_u8(f) for f in faces] if options.mode == "paste" else None
+                timings["track"] += t1 - t0
+                timings["align"] += t2 - t1
+                timings["paste"] += time.perf_counter() - t2
+                item = ("video", (frame, faces, alphas, [tr.id for tr in tracks]))
+            if not _put(aligned, item, stop):
+                return
+        _put(aligned, _END, stop)
 
     def write() -> None:
         while True:
@@ -209,25 +237,23 @@ def toonify_video(
 
     pending_audio: list = []
     reader = _Stage(read, "toon-video-read", stop)
+    tracking = _Stage(track, "toon-video-track", stop)
     writer = _Stage(write, "toon-video-write", stop)
+    stages = (reader, tracking, writer)  # errors are raised in this order
     t_start = time.perf_counter()
     ok = False
     try:
-        reader.start()
-        writer.start()
+        for stage in stages:
+            stage.start()
         while True:
-            item = _get(decoded, stop)
+            item = _get(aligned, stop)
             if item is _END:
                 break
             kind, payload = item
             if kind == "audio":
                 _put(finished, item, stop)
                 continue
-            frame = payload
-            t0 = time.perf_counter()
-            tracks = tracker.update(frame.rgb, frame.time)
-            t1 = time.perf_counter()
-            faces = [aligner.warp(frame.rgb, tr.landmarks, tr.box, source="track") for tr in tracks]
+            frame, faces, alphas, track_ids = payload
             t2 = time.perf_counter()
             outs = toon.run(np.stack([f.crop[:, :, :3] for f in faces])) if faces else []
             t3 = time.perf_counter()
@@ -236,29 +262,23 @@ def toonify_video(
                     black = np.zeros((toon.size, toon.size, 3), np.uint8)
                 out = outs[0] if faces else black
             elif faces:
-                out = paster.paste(frame.rgb, faces, outs)
+                out = paster.paste(frame.rgb, faces, outs, alphas)
             else:
                 out = frame.rgb
             t4 = time.perf_counter()
-            timings["track"] += t1 - t0
-            timings["align"] += t2 - t1
             timings["model"] += t3 - t2
             timings["paste"] += t4 - t3
             faces_per_frame.append(len(faces))
             if on_frame is not None:
-                on_frame(
-                    FrameResult(
-                        frame.index, frame.time, frame.rgb, out, faces, [tr.id for tr in tracks]
-                    )
-                )
+                on_frame(FrameResult(frame.index, frame.time, frame.rgb, out, faces, track_ids))
             if not _put(finished, ("video", (out, frame.pts)), stop):
                 break
             if progress is not None:
                 progress(len(faces_per_frame), total)
         _put(finished, _END, stop)
-        writer.join()
-        reader.join()
-        for stage in (reader, writer):
+        for stage in reversed(stages):
+            stage.join()
+        for stage in stages:
             if stage.error is not None:
                 raise stage.error
         if not sink:
@@ -272,8 +292,8 @@ def toonify_video(
         ok = True
     finally:
         stop.set()
-        reader.join(timeout=5)
-        writer.join(timeout=5)
+        for stage in stages:
+            stage.join(timeout=5)
         source.close()
         if not ok:
             if sink:

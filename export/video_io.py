@@ -300,7 +300,8 @@ class VideoSink:
             step = max(round(1 / (self.rate * self.time_base)), 1)
             pts = 0 if self._last_pts is None else self._last_pts + step
         self._last_pts = pts
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        # A frame over the array's own memory (no copy); the encoder converts it to YUV at once.
+        frame = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = pts
         frame.time_base = self.time_base
         self.container.mux(self.video.encode(frame))

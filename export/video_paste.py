@@ -57,16 +57,26 @@ class FramePaster:
             return self.square
         return self.square * person_mask(face.to_crop(face.landmarks), self.size)
 
+    def alpha_u8(self, face) -> np.ndarray:
+        """:meth:`alpha` in levels of 255 (uint8), as :meth:`paste` applies it."""
+        return np.rint(self.alpha(face) * 255).astype(np.uint8)
+
     def paste(
-        self, frame: np.ndarray, faces: Sequence, outputs: Sequence[np.ndarray]
+        self,
+        frame: np.ndarray,
+        faces: Sequence,
+        outputs: Sequence[np.ndarray],
+        alphas: Sequence[np.ndarray] | None = None,
     ) -> np.ndarray:
         """``frame`` (H, W, 3 uint8) with each output crop (size, size, 3) blended in at its
-        face (a :class:`faces.align.AlignedFace` of this frame); a new array."""
+        face (a :class:`faces.align.AlignedFace` of this frame); a new array. ``alphas``: the
+        faces' :meth:`alpha_u8`, when made beforehand (the video's tracking thread does)."""
         result = np.array(frame[:, :, :3], copy=True)
         H, W = result.shape[:2]
         S = self.size
-        for face, out in zip(faces, outputs, strict=True):
-            a = np.rint(self.alpha(face) * 255).astype(np.uint8)
+        if alphas is None:
+            alphas = [self.alpha_u8(face) for face in faces]
+        for face, out, a in zip(faces, outputs, alphas, strict=True):
             rgb = np.asarray(out)[:, :, :3]
             m = face.matrix  # crop index -> frame index
             scale = math.sqrt(abs(np.linalg.det(m[:2, :2])))

@@ -79,3 +79,21 @@ def test_config_rejects_bad_values():
         TrackConfig(detect_every=0)
     with pytest.raises(ValueError):
         TrackConfig(min_cutoff=0)
+
+
+def test_gray_on_demand_is_the_whole_frames_gray():
+    """The tracker converts only the patches it reads between detections: any slice equals the
+    same slice of the whole frame's gray (faces.image.to_gray, Pillow's L, pixel by pixel)."""
+    from export.tracking import GrayOnDemand
+    from faces.image import to_gray
+
+    rgb = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    full = to_gray(rgb)
+    lazy = GrayOnDemand(rgb)
+    assert lazy.shape == full.shape
+    for index in [
+        (slice(3, 20), slice(5, 40)),
+        (slice(None, None, 8), slice(None, None, 8)),
+        (slice(30, 37), slice(0, 53)),
+    ]:
+        assert np.array_equal(lazy[index], full[index])
