@@ -20,6 +20,7 @@ from export.tracking import TrackConfig
 from export.video import VideoOptions, toonify_video
 from export.video_io import probe
 from tests.export import video_clips as vc
+from tests.faces.dots import dot_centroid, dot_image
 
 pytest.importorskip("av")
 
@@ -297,22 +298,6 @@ def test_prescaled_warp_matches_the_exact_warp(big_scene, qsize, angle):
     assert 0.88 < _sharpness(got) / _sharpness(want) < 1.1
 
 
-def _blobs(h: int, w: int, points: np.ndarray, sigma: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.zeros((h, w), np.float32)
-    for px, py in points:
-        img += np.exp(-((xx - px) ** 2 + (yy - py) ** 2) / (2 * sigma**2))
-    return np.repeat((np.clip(img, 0, 1) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
-
-
-def _centroid(crop: np.ndarray, at: np.ndarray, r: int) -> np.ndarray:
-    x0, y0 = int(round(at[0])) - r, int(round(at[1])) - r
-    win = crop[y0 : y0 + 2 * r + 1, x0 : x0 + 2 * r + 1, 0].astype(np.float64)
-    win = np.clip(win - 20, 0, None)  # the faint tails of the other dots
-    yy, xx = np.mgrid[0 : win.shape[0], 0 : win.shape[1]]
-    return np.array([(xx * win).sum() / win.sum() + x0, (yy * win).sum() / win.sum() + y0])
-
-
 @pytest.mark.parametrize(("qsize", "angle"), [(300, 0.2), (400, -0.3)])
 def test_prescaled_warp_keeps_the_geometry(qsize, angle):
     """Bright dots at known crop positions land where ffhq_warp puts them: on average within
@@ -325,10 +310,10 @@ def test_prescaled_warp_keeps_the_geometry(qsize, angle):
     quad = np.array([700.0, 600.0]) + corners @ r.T + 0.3
     grid = np.array([[u, v] for u in (64, 128, 192) for v in (64, 128, 192)], float) + 0.37
     sigma = max(2.0, qsize / 256 * 2.5)
-    img = _blobs(1300, 1400, transform_points(quad_matrix(quad, 256), grid), sigma)
+    img = dot_image(1300, 1400, transform_points(quad_matrix(quad, 256), grid), sigma)
     want, got = ffhq_warp(img, quad, 256), ffhq_warp_prescaled(img, quad, 256)
     rad = int(np.ceil(3 * sigma * 256 / qsize)) + 1
-    shift = np.array([_centroid(got, p, rad) - _centroid(want, p, rad) for p in grid])
+    shift = np.array([dot_centroid(got, p, rad) - dot_centroid(want, p, rad) for p in grid])
     assert np.linalg.norm(shift.mean(0)) < 0.02
     assert np.linalg.norm(shift, axis=1).max() < 0.1
 

@@ -31,6 +31,7 @@ from faces.align import (
 from faces.detect import FaceDetector, model_file
 from faces.warp import ffhq_quad, ffhq_warp, quad_matrix, recipe_points, transform_points
 from tests.conftest import project_photo, run_fresh_python
+from tests.faces.dots import dot_centroid, dot_image
 
 REPO = Path(__file__).resolve().parents[2]
 S = 256
@@ -100,22 +101,6 @@ def test_canonical_positions_of_the_recipe():
         assert canonical_points(lm, S) == pytest.approx(want, abs=1e-9)
 
 
-def _blob_image(h: int, w: int, points: np.ndarray, sigma: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.zeros((h, w), np.float32)
-    for px, py in points:
-        img += np.exp(-((xx - px) ** 2 + (yy - py) ** 2) / (2 * sigma**2))
-    return np.repeat((np.clip(img, 0, 1) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
-
-
-def _centroid(crop: np.ndarray, at: np.ndarray, r: int) -> np.ndarray:
-    x0, y0 = int(round(at[0])) - r, int(round(at[1])) - r
-    win = crop[y0 : y0 + 2 * r + 1, x0 : x0 + 2 * r + 1, 0].astype(np.float64)
-    win = np.clip(win - 20, 0, None)  # ignore the faint tails
-    yy, xx = np.mgrid[0 : win.shape[0], 0 : win.shape[1]]
-    return np.array([(xx * win).sum() / win.sum() + x0, (yy * win).sum() / win.sum() + y0])
-
-
 @pytest.mark.parametrize(
     ("shape", "centre", "d", "angle", "what"),
     [
@@ -140,7 +125,7 @@ def test_warp_is_the_returned_affine_map(shape, centre, d, angle, what):
             pts.append(p)
     pts = np.array(pts)
     sigma = max(2.0, quad_px / S * 2.5)
-    img = _blob_image(shape[0], shape[1], pts, sigma)
+    img = dot_image(shape[0], shape[1], pts, sigma)
     face = Aligner(AlignConfig(size=S)).warp(img, lm)  # landmarks given: no detector loaded
     want = face.to_crop(pts)
     if what == "padding":
@@ -148,7 +133,7 @@ def test_warp_is_the_returned_affine_map(shape, centre, d, angle, what):
     r = int(math.ceil(3 * sigma * S / quad_px)) + 1
     for p in want:
         if r <= p[0] < S - r and r <= p[1] < S - r:
-            np.testing.assert_allclose(_centroid(face.crop, p, r), p, atol=0.25)
+            np.testing.assert_allclose(dot_centroid(face.crop, p, r), p, atol=0.25)
 
 
 def test_nvidia_transform_size_gives_the_same_crop(astronaut):
