@@ -10,6 +10,7 @@ Subcommands:
   finetune --base F --data D   StyleGAN2-ADA transfer learning with ADA and FreezeD
   project --network F ...      invert photos into the generator (W or W+)
   toonify --base F --blended F the full teacher path for one photo
+  encoder train --network F    an inversion encoder trained on the generator's own samples
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from common.cli import run_command
 from common.images import make_grid, save_png
 from common.runs import pick_device
 from teacher.blend import MAPPING_CHOICES, blend_files, blend_grid, parse_levels
+from teacher.cli_encoder import add_encoder_parser
 from teacher.cli_finetune import add_finetune_parser
 from teacher.cli_project import add_projection_parsers
 from teacher.io import convert_checkpoint, load_generator, read_model_info
@@ -385,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     pq.set_defaults(func=cmd_blend_search)
     add_finetune_parser(sub)
     add_projection_parsers(sub)
+    add_encoder_parser(sub)
     return p
 
 

@@ -26,7 +26,7 @@ from common.images import IMAGE_EXTENSIONS, save_png
 from common.runs import pick_device
 from faces.align import align
 from teacher.io import load_discriminator, load_generator, read_networks
-from teacher.project import ProjectConfig, project, psnr, save_projected_w
+from teacher.project import REFINE, ProjectConfig, project, psnr, save_projected_w
 from teacher.sample import to_uint8
 
 
@@ -78,19 +78,46 @@ def _save_noise(path: Path, noise: dict[str, torch.Tensor]) -> None:
     atomic_write(path, write)
 
 
-def _project_batch(G, D, crops, cfg: ProjectConfig, vgg16, device, desc: str):
+def _project_batch(G, D, crops, cfg: ProjectConfig, vgg16, device, desc: str, encoder=None):
     from tqdm import tqdm
 
     target = _to_tensor(crops, device)
-    bar = tqdm(total=cfg.steps, desc=desc, unit="step", leave=False)
+    init = None
+    if encoder is not None:
+        with torch.no_grad():
+            init = encoder(target)
+    bar = tqdm(total=cfg.steps, desc=desc, unit="step", leave=False, disable=cfg.steps == 0)
 
     def tick(_step: int, dist: float) -> None:
         bar.update(1)
         bar.set_postfix(dist=f"{dist:.4g}")
 
-    result = project(G, target, cfg, vgg16=vgg16, D=D, progress=tick)
+    result = project(G, target, cfg, vgg16=vgg16, D=D, progress=tick, init_ws=init)
     bar.close()
     return result, target
+
+
+def _projection_setup(args: argparse.Namespace, G, network: str, device, prog: str):
+    """The encoder of ``--encoder`` (on ``device``, checked against ``G``) or None, and the
+    schedule overrides it implies; refuses ``--steps 0`` without one."""
+    if args.steps < 0:
+        raise ValueError(f"--steps must be at least 0, got {args.steps}")
+    overrides: dict = {}
+    if args.lr is not None:
+        overrides["initial_lr"] = args.lr
+    if not args.encoder:
+        if args.steps == 0:
+            raise ValueError("--steps 0 renders the start as it is: it needs --encoder FILE")
+        return None, overrides
+    from teacher.encoder import check_pair, load_encoder
+
+    E = load_encoder(args.encoder)
+    warning = check_pair(E, G, network)
+    if warning:
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
+    start = f"{Path(args.encoder).name} codes"
+    print(f"{prog}: start = {start}, then {args.steps} refinement step(s)", file=sys.stderr)
+    return E.to(device), {**REFINE, **overrides}
 
 
 def loss_terms(
@@ -126,6 +153,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     D = None
     if kind == "pixel" and args.dfeat_weight > 0 and has_d:
         D = load_discriminator(args.network).to(device)
+    E, schedule = _projection_setup(args, G, args.network, device, "project")
     cfg = ProjectConfig(
         space=args.space,
         steps=args.steps,
@@ -133,6 +161,7 @@ def cmd_project(args: argparse.Namespace) -> int:
         loss=args.loss,
         dfeat_weight=args.dfeat_weight,
         seed=args.seed,
+        **schedule,
     )
     batch = 1 if args.optimize_noise else args.batch
     outdir = Path(args.outdir)
@@ -167,6 +196,7 @@ def cmd_project(args: argparse.Namespace) -> int:
             args.vgg16,
             device,
             desc=f"project {start + 1}-{start + len(chunk)}/{len(crops)}",
+            encoder=E,
         )
         elapsed = time.time() - t0
         recon = to_uint8(res.images)
@@ -178,7 +208,7 @@ def cmd_project(args: argparse.Namespace) -> int:
                 {
                     "name": name,
                     "psnr_db": round(values[j], 3),
-                    "final_distance": float(res.losses[-1, j]),
+                    "final_distance": float(res.final[j]),
                     "identity_distance": _identity(chunk[j], recon[j]),
                     "seconds": round(elapsed / len(chunk), 3),
                 }
@@ -192,6 +222,8 @@ def cmd_project(args: argparse.Namespace) -> int:
         "network": str(args.network),
         "space": cfg.space,
         "steps": cfg.steps,
+        "start": str(args.encoder) if args.encoder else "w_avg",
+        "initial_lr": cfg.initial_lr,
         "loss": kind,
         "loss_terms": terms,
         "loss_why": why,
@@ -224,8 +256,14 @@ def cmd_toonify(args: argparse.Namespace) -> int:
     timings["align_s"] = time.time() - t
     if not faces:
         raise ValueError(f"{args.photo}: no face found")
+    E, schedule = _projection_setup(args, base, args.base, device, "toonify")
     cfg = ProjectConfig(
-        space=args.space, steps=args.steps, loss=args.loss, optimize_noise=False, seed=args.seed
+        space=args.space,
+        steps=args.steps,
+        loss=args.loss,
+        optimize_noise=False,
+        seed=args.seed,
+        **schedule,
     )
     kind, terms, why = loss_terms(args.loss, args.vgg16, 0.0, args.base, False)
     if kind == "pixel":  # toonify has no discriminator term
@@ -233,7 +271,14 @@ def cmd_toonify(args: argparse.Namespace) -> int:
     print(f"toonify: projection loss = {' + '.join(terms)} ({why})", file=sys.stderr)
     t = time.time()
     res, target = _project_batch(
-        base, None, [f.crop[:, :, :3] for f in faces], cfg, args.vgg16, device, desc="project"
+        base,
+        None,
+        [f.crop[:, :, :3] for f in faces],
+        cfg,
+        args.vgg16,
+        device,
+        desc="project",
+        encoder=E,
     )
     timings["project_s"] = time.time() - t
     t = time.time()
@@ -266,6 +311,7 @@ def cmd_toonify(args: argparse.Namespace) -> int:
         "faces": len(faces),
         "steps": cfg.steps,
         "space": cfg.space,
+        "start": str(args.encoder) if args.encoder else "w_avg",
         "psnr_db": [round(v, 3) for v in psnr(res.images, target).tolist()],
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "total_s": round(sum(timings.values()) - timings["load_s"], 3),
@@ -285,7 +331,25 @@ def _add_projection_flags(p: argparse.ArgumentParser) -> None:
         default="w+",
         help="w: one latent; w+: one per layer (default, keeps identity better)",
     )
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1000,
+        help="optimizer steps (default 1000; with --encoder, 0 keeps the encoder's codes)",
+    )
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="start from this encoder's codes (toon-teacher encoder train) instead of w_avg, "
+        "then refine for --steps",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"initial learning rate (default 0.1 from w_avg, {REFINE['initial_lr']:g} from "
+        "--encoder codes, which also get no latent noise)",
+    )
     p.add_argument(
         "--loss",
         choices=["auto", "vgg", "pixel"],

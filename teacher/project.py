@@ -20,6 +20,11 @@ Distances:
   16 px, plus, when a discriminator is given, the mean squared difference of its block features
   (each normalised by its channel count). ``pixel_weight`` and ``dfeat_weight`` weigh the parts.
 
+Starting point: ``w_avg`` (the published projector), or a W+ code per image (``init_ws``, e.g.
+from :mod:`teacher.encoder`), which is then refined in W+ from the first step (no shared-w
+warm-up); :data:`REFINE` holds the schedule for that case (a smaller learning rate and no
+latent noise, which would throw a good start away). Zero steps return the start as it is.
+
 Many images are projected at once: each has its own latent in one batch (the latents are
 independent; the loss is a sum over images).
 """
@@ -64,6 +69,12 @@ class ProjectConfig:
     pixel_weight: float = 1.0
     dfeat_weight: float = 0.1
     seed: int = 0
+
+
+# Schedule changes for refining a given start (``project(..., init_ws=...)``): measured in the
+# miniature (demo/README.md), the w_avg schedule's learning rate and latent noise undo most of an
+# encoder's start in the first steps.
+REFINE = dict(initial_lr=0.01, initial_noise_factor=0.0)
 
 
 class VGGDistance:
@@ -165,6 +176,7 @@ class Projection:
     images: torch.Tensor  # [N, C, H, W] reconstruction in [-1, 1] (with the optimized noise)
     noise: dict[str, torch.Tensor]  # noise_const maps used for the reconstruction
     losses: np.ndarray  # [steps, N] distance per image and step
+    final: np.ndarray  # [N] distance of the returned reconstruction
 
 
 def project(
@@ -174,8 +186,11 @@ def project(
     vgg16: str | Path | None = None,
     D: Discriminator | None = None,
     progress: Callable[[int, float], None] | None = None,
+    init_ws: torch.Tensor | None = None,
 ) -> Projection:
-    """Project ``targets`` (``[N, C, H, W]`` in [-1, 1], aligned to the generator's framing).
+    """Project ``targets`` (``[N, C, H, W]`` in [-1, 1], aligned to the generator's framing),
+    starting at ``w_avg`` or at ``init_ws`` (``[N, num_ws, w_dim]``; in space ``w`` its mean
+    over the layers).
 
     ``G`` is not modified (a copy is optimized). Noise maps are shared by the batch in the
     generator, so with ``optimize_noise`` and N > 1 each image still gets its own latent but
@@ -208,11 +223,24 @@ def project(
         target_feats = dist.features(targets)
 
     n = targets.shape[0]
-    w_opt = w_mean.reshape(1, 1, -1).repeat(n, 1, 1).clone().requires_grad_(True)
+    if init_ws is None:
+        w_opt = w_mean.reshape(1, 1, -1).repeat(n, 1, 1).clone().requires_grad_(True)
+        untie_at = int(cfg.steps * cfg.wplus_warmup) if cfg.space == "w+" else None
+    else:
+        if tuple(init_ws.shape) != (n, G.num_ws, G.w_dim):
+            raise ProjectError(
+                f"start codes must be [{n}, {G.num_ws}, {G.w_dim}], got {tuple(init_ws.shape)}"
+            )
+        start = init_ws.detach().to(device, torch.float32)
+        if cfg.space == "w":
+            start = start.mean(1, keepdim=True)
+        w_opt = start.clone().requires_grad_(True)
+        untie_at = None
     noise_bufs = {name: buf for name, buf in G.synthesis.named_buffers() if "noise_const" in name}
     if cfg.optimize_noise:
         for buf in noise_bufs.values():
-            buf.copy_(torch.randn_like(buf))
+            if init_ws is None:  # a given start was made for the generator's own noise maps
+                buf.copy_(torch.randn_like(buf))
             buf.requires_grad_(True)
 
     def make_opt(w: torch.Tensor) -> torch.optim.Adam:
@@ -220,7 +248,6 @@ def project(
         return torch.optim.Adam(params, betas=(0.9, 0.999), lr=cfg.initial_lr)
 
     opt = make_opt(w_opt)
-    untie_at = int(cfg.steps * cfg.wplus_warmup) if cfg.space == "w+" else None
     losses = np.zeros([cfg.steps, n], dtype=np.float32)
 
     for step in range(cfg.steps):
@@ -257,8 +284,9 @@ def project(
     with torch.no_grad():
         ws = w_opt.detach().expand(n, G.num_ws, -1).clone()
         images = G.synthesis(ws, noise_mode="const", force_fp32=True)
+        final = dist(target_feats, images).cpu().numpy()
     noise = {name: buf.detach().clone() for name, buf in noise_bufs.items()}
-    return Projection(ws=ws, images=images, noise=noise, losses=losses)
+    return Projection(ws=ws, images=images, noise=noise, losses=losses, final=final)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
