@@ -78,6 +78,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         png_level=args.png_level,
         latents=args.latents,
         photos=args.photos,
+        encoder=args.encoder,
         device=args.device,
         workers=args.workers,
         threads=args.threads,
@@ -177,6 +178,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
             print(f"{role}: {t['file']} (sha256 {t['sha256'][:12]})")
     if cfg.get("latents"):
         print(f"projected latents: {cfg['latents']['file']}, photos: {cfg['photos']['folder']}")
+    if cfg.get("encoder"):
+        print(f"encoder: {cfg['encoder']['file']}, photos: {cfg['photos']['folder']}")
     if sm["pairs"]:
         print(
             f"first {sm['pairs']} pairs: src mean RGB {sm['src_mean_rgb']}, "
@@ -204,7 +207,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
             "the settings and k, so any split of the shards across processes (--shard-index, "
             "--task, a Slurm array) gives the same bytes, and rerunning the same command skips "
             "finished shards. With --latents and --photos the inputs are real aligned photos "
-            "and the targets the blended renders of their projected latents."
+            "and the targets the blended renders of their projected latents; with --encoder "
+            "and --photos the codes come from an inversion encoder (toon-teacher encoder "
+            "train) in the same pass."
         ),
     )
     p.add_argument("--toon", required=True, metavar="FILE", help="blended teacher (targets)")
@@ -253,7 +258,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--png-level", type=int, default=1, help="PNG compress level 0-9 (default 1: fast)"
     )
     p.add_argument("--latents", metavar="NPZ", help="projected_w.npz: real-photo pairs")
-    p.add_argument("--photos", metavar="DIR", help="aligned photos of the --latents rows")
+    p.add_argument(
+        "--photos", metavar="DIR", help="aligned photos (of the --latents rows, or to --encoder)"
+    )
+    p.add_argument(
+        "--encoder",
+        metavar="FILE",
+        help="inversion encoder of the base: real-photo pairs from --photos without projection",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--workers",

@@ -69,7 +69,8 @@ class GenerateConfig:
     perturb_std: float = 0.0  # std of Gaussian noise added to ws of z pairs
     png_level: int = shards.DEFAULT_PNG_LEVEL  # Pillow PNG compress_level
     latents: str | None = None  # projected_w.npz (real-photo pairs)
-    photos: str | None = None  # folder of aligned photos for --latents
+    photos: str | None = None  # folder of aligned photos for --latents or --encoder
+    encoder: str | None = None  # inversion encoder: real-photo pairs without projection
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int | None = None  # PNG encoding processes (0: inline; default cores - 1, <= 16)
     threads: int | None = None  # torch CPU threads while rendering (default: torch's)
@@ -90,6 +91,7 @@ class Job:
     ws_rows: np.ndarray | None = None  # projected latents [rows, num_ws, w_dim]
     photo_paths: list[str] | None = None  # absolute paths, one per row
     photo_names: list[str] | None = None  # names relative to the photo folder
+    encoder: torch.nn.Module | None = None  # encoded pairs: photos -> ws
     _cache: dict[int, RenderedBatch] = field(default_factory=dict, repr=False)
 
     @property
@@ -200,6 +202,19 @@ def _load_latents(cfg: GenerateConfig, toon: Generator) -> tuple[np.ndarray, lis
     return w, names, info
 
 
+def _load_encoder(path: str, toon: Generator, device: torch.device):
+    from teacher.encoder import check_pair, load_encoder
+
+    try:
+        E = load_encoder(path)
+        # Shapes only: the toon is a blend of the encoder's base, so its file hash differs.
+        check_pair(E, toon, "")
+    except CheckpointError as e:
+        raise PairsError(f"--encoder: {e}") from None
+    info = {"file": Path(path).name, "sha256": file_sha256(path)}
+    return E.to(device), info
+
+
 def _existing_precision(out: Path) -> str | None:
     try:
         return shards.read_manifest(out)["config"].get("precision")
@@ -222,13 +237,21 @@ def prepare_job(cfg: GenerateConfig) -> Job:
         raise PairsError("--mix-prob must be in [0, 1] and --perturb-std at least 0")
     if cfg.seed < 0:
         raise PairsError(f"--seed must be at least 0, got {cfg.seed}")
-    projected = cfg.latents is not None
+    encoded = cfg.encoder is not None
+    if encoded and cfg.latents is not None:
+        raise PairsError(
+            "give --latents (projected codes) or --encoder (codes made here), not both"
+        )
+    projected = cfg.latents is not None or encoded
     if projected != (cfg.photos is not None):
-        raise PairsError("real-photo pairs need both --latents projected_w.npz and --photos DIR")
+        raise PairsError(
+            "real-photo pairs need --photos DIR and either --latents projected_w.npz or "
+            "--encoder FILE"
+        )
     if projected and (cfg.truncation_psi is not None or cfg.truncation_cutoff is not None):
-        raise PairsError("--trunc and --trunc-cutoff apply to z pairs, not to --latents")
+        raise PairsError("--trunc and --trunc-cutoff apply to z pairs, not to real-photo pairs")
     if projected and (cfg.mix_prob > 0 or cfg.perturb_std > 0):
-        raise PairsError("--mix-prob and --perturb-std apply to z pairs, not to --latents")
+        raise PairsError("--mix-prob and --perturb-std apply to z pairs, not to real-photo pairs")
     if not projected and cfg.base is None:
         raise PairsError("z pairs need --base (the generator that renders the inputs)")
     if not projected and cfg.count is None:
@@ -259,8 +282,19 @@ def prepare_job(cfg: GenerateConfig) -> Job:
         raise PairsError(f"--trunc-cutoff must be from 1 to {toon.num_ws}")
 
     ws_rows = photo_paths = photo_names = None
-    latents_info = photos_info = None
-    if projected:
+    latents_info = photos_info = encoder_info = None
+    encoder = None
+    if encoded:
+        encoder, encoder_info = _load_encoder(cfg.encoder or "", toon, device)
+        folder = Path(cfg.photos or "")
+        photo_names = list_photos(folder)
+        if not photo_names:
+            raise PairsError(f"{folder}: no photos found")
+        count = cfg.count or len(photo_names)
+        if count > len(photo_names):
+            raise PairsError(f"--count {count} exceeds the {len(photo_names)} photos in {folder}")
+        photo_names = photo_names[:count]
+    elif projected:
         ws_rows, names, latents_info = _load_latents(cfg, toon)
         folder = Path(cfg.photos or "")
         photo_names = _match_photos(names, folder, len(ws_rows))
@@ -268,6 +302,7 @@ def prepare_job(cfg: GenerateConfig) -> Job:
         if count > len(ws_rows):
             raise PairsError(f"--count {count} exceeds the {len(ws_rows)} latents")
         ws_rows, photo_names = ws_rows[:count], photo_names[:count]
+    if projected:
         photo_paths = [str((folder / n).resolve()) for n in photo_names]
         digest = shards.config_sha256(
             [[n, file_sha256(p)] for n, p in zip(photo_names, photo_paths, strict=True)]
@@ -290,7 +325,7 @@ def prepare_job(cfg: GenerateConfig) -> Job:
 
     settings = {
         "pair_recipe": PAIR_RECIPE,
-        "latent_kind": "projected" if projected else "z",
+        "latent_kind": "encoded" if encoded else "projected" if projected else "z",
         "count": count,
         "seed": cfg.seed,
         "truncation_psi": psi,
@@ -308,6 +343,8 @@ def prepare_job(cfg: GenerateConfig) -> Job:
         "latents": latents_info,
         "photos": photos_info,
     }
+    if encoded:  # (absent otherwise, so older manifests keep their hash)
+        settings["encoder"] = encoder_info
     manifest = {
         "format": shards.FORMAT,
         "format_version": shards.FORMAT_VERSION,
@@ -319,7 +356,7 @@ def prepare_job(cfg: GenerateConfig) -> Job:
         "config_sha256": shards.config_sha256(settings),
         "teachers": {"base": base_info, "toon": toon_info},
     }
-    return Job(cfg, manifest, device, toon, base, ws_rows, photo_paths, photo_names)
+    return Job(cfg, manifest, device, toon, base, ws_rows, photo_paths, photo_names, encoder)
 
 
 def describe(job: Job) -> dict[str, Any]:

@@ -18,6 +18,9 @@ these read (the loaded teachers and the settings) comes from :func:`pairs.job.pr
 - *projected pairs* (``--latents projected_w.npz --photos DIR``): ``ws`` = row k of the npz's
   ``w``; ``src`` = the aligned photo of row k (Lanczos-resized to the resolution when needed),
   ``dst`` = ``toon.synthesis(ws)``.
+- *encoded pairs* (``--encoder FILE --photos DIR``): photo k is the k-th image of the folder in
+  sorted order; ``ws`` = the encoder's code of it (Lanczos-resized to the encoder's resolution),
+  computed in render batch order like everything else; ``src`` and ``dst`` as for projected.
 - *noise*: ``const`` (default) or ``none`` as in the generator; ``random`` draws pair k's noise
   maps from ``RandomState([S + k, 3])``, layer by layer in block order, identical for base and
   toon, and feeds them through the layers' noise buffers, so it is deterministic too.
@@ -172,6 +175,16 @@ def launch_batch(job: Job, j: int) -> _Launched:
             ).astype(np.float32)
             ws = ws + s["perturb_std"] * _to_device(eps, dev)
         models = [G, job.toon]
+    elif s["latent_kind"] == "encoded":
+        E = job.encoder
+        assert E is not None and job.photo_paths is not None
+        R = E.img_resolution
+        photos = np.zeros([B, R, R, 3], dtype=np.uint8)  # padding rows: black images
+        for i, k in enumerate(range(ks.start, min(ks.stop, job.count))):
+            photos[i] = load_photo(job.photo_paths[k], R)
+        x = _to_device(photos, dev).permute(0, 3, 1, 2).float() / 127.5 - 1
+        ws = E(x)
+        models = [job.toon]
     else:
         rows = job.ws_rows
         assert rows is not None

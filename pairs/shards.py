@@ -20,8 +20,9 @@ in this order (sorted by name): ``{key}.dst.png`` (target: the blended teacher's
 uint8 PNGs of ``resolution x resolution``. The JSON (UTF-8, sorted keys, no spaces) is::
 
     {"index": k, "seed": seed + k, "truncation": psi or null, "noise_mode": "const",
-     "latent_kind": "z" | "projected", "teachers": {"base": sha256 or null, "toon": sha256},
-     "source": photo path relative to --photos (projected pairs only),
+     "latent_kind": "z" | "projected" | "encoded",
+     "teachers": {"base": sha256 or null, "toon": sha256},
+     "source": photo path relative to --photos (projected and encoded pairs only),
      "truncation_cutoff": int (only when set),
      "style_mix": crossover layer or null (only when mix_prob > 0),
      "perturb_std": float (only when perturb_std > 0)}

@@ -116,3 +116,52 @@ def test_the_check_sees_wrong_recipes(dataset) -> None:
             for k in range(COUNT)
         )
         assert worst > 8, name
+
+
+def test_encoded_pairs_render_the_encoders_code_of_each_photo(dataset, tmp_path) -> None:
+    """``--encoder --photos``: src is photo k of the folder (sorted), dst the toon's render of
+    the encoder's code of that photo, computed here with the encoder itself."""
+    from pairs.shards import PairsError, read_manifest
+    from teacher.encoder import encoder_for, load_encoder, save_encoder
+
+    base, toon, _ = dataset
+    torch.manual_seed(3)
+    E = encoder_for(base, dict(channel_base=128, channel_max=16, head_channels=4, hidden=32), 500)
+    with torch.no_grad():
+        E.to_delta.bias.normal_(0, 0.5)  # layers differ: W+ codes
+    enc = save_encoder(E, tmp_path / "enc.safetensors", {"file": "base", "sha256": ""})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    imgs = {}
+    for name in ("b.png", "a.png", "c.png"):  # written out of order: pairs follow sorted names
+        imgs[name] = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(imgs[name]).save(photos / name)
+    toon_file = tmp_path / "toon.safetensors"
+    save_network(toon, toon_file)
+    cfg = GenerateConfig(
+        out=str(tmp_path / "pairs"), toon=str(toon_file), photos=str(photos), encoder=str(enc),
+        batch=2, device="cpu", workers=0, threads=1,
+    )  # fmt: skip
+    generate(cfg, progress=False, log=None)
+    got = _read_shards(tmp_path / "pairs")
+    manifest = read_manifest(tmp_path / "pairs")
+    assert manifest["config"]["latent_kind"] == "encoded" and manifest["count"] == 3
+    assert manifest["config"]["encoder"]["file"] == "enc.safetensors"
+    E = load_encoder(enc)
+    for k, name in enumerate(sorted(imgs)):
+        x = torch.from_numpy(imgs[name]).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            want = _render(toon, E(x))[0]
+        assert np.array_equal(got[k]["src.png"], imgs[name]), k
+        assert _max_diff(got[k]["dst.png"], want) <= 1, k
+    # A black image's code (what the padding row holds) is not what pair 2 shows.
+    with torch.no_grad():
+        black = _render(toon, E(torch.full((1, 3, 16, 16), -1.0)))[0]
+    assert _max_diff(got[2]["dst.png"], black) > 8
+    for bad, msg in (
+        (dict(latents=str(tmp_path / "w.npz")), "not both"),
+        (dict(photos=None), "--photos DIR"),
+    ):
+        with pytest.raises(PairsError, match=msg):
+            generate(GenerateConfig(**{**cfg.__dict__, **bad}), progress=False, log=None)
