@@ -11,6 +11,9 @@ from common.runs import init_distributed
 from teacher.encoder_train import EncoderConfig, make_config, training_loop
 
 _HELP = {
+    "data": "optional aligned photos (folder or zip) learned without codes, by image loss",
+    "real_fraction": "share of each batch taken from --data",
+    "mirror": "mirror half of the photos of --data",
     "channel_base": "encoder channels at resolution r: min(channel_base / r, channel_max)",
     "channel_max": "most channels of an encoder level",
     "head_channels": "channels of each level's 4x4 summary",
@@ -61,14 +64,14 @@ def add_encoder_parser(sub: argparse._SubParsersAction) -> None:
     for f in dataclasses.fields(EncoderConfig):
         if f.name in ("network", "outdir", "preset", "betas"):
             continue
-        kind = str if f.type in ("str", str) else int if f.type in ("int", int) else float
-        t.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=kind,
-            default=None,
-            help=_HELP[f.name],
-        )
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            t.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, help=_HELP[f.name]
+            )
+            continue
+        kind = {"str": str, "int": int}.get(f.type, float)
+        t.add_argument(flag, dest=f.name, type=kind, default=None, help=_HELP[f.name])
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_encoder_train)

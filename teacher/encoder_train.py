@@ -14,6 +14,14 @@ the input and renders the code with constant noise. The loss of a step:
   the same distances as :mod:`teacher.project`;
 - ``delta_weight`` x the mean square of the per-layer deltas (the code's distance from W).
 
+**Photos** (optional, ``--data``, after pSp): a folder or zip of aligned photos, unlabelled, at
+the generator's resolution (the base's own training set, say). Then ``real_fraction`` of each
+batch are photos (in an endless shuffled stream, :func:`teacher.dataset.index_stream`, mirrored
+at random with ``mirror``), degraded the same way, with the image and delta terms only (a photo
+has no known code). Renders teach the codes; photos teach the codes of faces the mapping network
+does not reach, which real photos need (in the miniature, codes learned from renders alone
+reconstruct held-out photos 8 dB worse than projection; see demo/README.md).
+
 The generator is frozen; gradients reach the encoder through it. Adam; the learning rate falls
 linearly to 0 over the last ``lr_decay`` of the run.
 
@@ -72,6 +80,9 @@ class EncoderConfig:
     """Everything that determines an encoder training run (``config.json`` in the run dir)."""
 
     network: str = ""  # the generator whose W the encoder codes (and whose D gives features)
+    data: str = ""  # optional aligned photos (folder or zip): image loss without a known code
+    real_fraction: float = 0.5  # share of each batch taken from --data (when given)
+    mirror: bool = True  # mirror half of the photos of --data
     outdir: str = ""
     preset: str = "paper256"
     seed: int = 0
@@ -145,7 +156,7 @@ class EncoderConfig:
             raise ValueError("need 0 < --trunc-min <= --trunc-max")
         if self.noise_mode not in ("random", "const", "none"):
             raise ValueError("--noise-mode must be random, const or none")
-        for name in ("mix_prob", "degrade_prob", "jpeg_prob", "lr_decay"):
+        for name in ("mix_prob", "degrade_prob", "jpeg_prob", "lr_decay", "real_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]")
         if not 1 <= self.jpeg_min <= 95:
@@ -236,6 +247,23 @@ def draw_samples(G, cfg: EncoderConfig, seed: int, n: int, device: torch.device)
     return ws, target, inp
 
 
+def load_photos(photos, cfg: EncoderConfig, seed: int, start: int, n: int, device):
+    """``(target, input)`` of ``n`` photos: items ``start ..`` of the dataset's endless
+    shuffled stream, degraded with the step's generator (``seed``)."""
+    from teacher.dataset import index_stream
+
+    idx = index_stream(len(photos), cfg.seed, start, n)
+    x = torch.from_numpy(np.stack([photos[int(i)][0] for i in idx])).to(device)
+    target = x.float() / 127.5 - 1
+    g = torch.Generator().manual_seed(seed + 1)
+    return target, degrade(target, g, cfg.degradations())
+
+
+def _rank_slice(n: int, world: int, rank: int) -> slice:
+    """This process's share of ``n`` items (contiguous, as even as possible)."""
+    return slice(rank * n // world, (rank + 1) * n // world)
+
+
 def _step_seed(cfg: EncoderConfig, step: int) -> int:
     return (cfg.seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
 
@@ -260,12 +288,15 @@ class EncoderLoss:
         self.vgg = VGGDistance(cfg.vgg16, device) if cfg.vgg16 and cfg.vgg_weight > 0 else None
 
     def __call__(self, E: Encoder, ws, target, inp) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of samples with known codes ``ws``, or of photos (``ws`` None: no latent
+        term)."""
         cfg = self.cfg
         base, delta = E.parts(inp)
         pred = E.codes(base, delta)
         recon = self.G.synthesis(pred, noise_mode="const", force_fp32=True)
         terms: dict[str, torch.Tensor] = {}
-        terms["latent"] = ((pred - ws) / self.w_std).square().mean()
+        if ws is not None:
+            terms["latent"] = ((pred - ws) / self.w_std).square().mean()
         with torch.no_grad():
             feats = self.image.features(target)
         terms["image"] = self.image(feats, recon).mean()
@@ -275,7 +306,7 @@ class EncoderLoss:
             terms["vgg"] = self.vgg(vfeats, recon).mean()
         terms["delta"] = delta.square().mean()
         total = (
-            cfg.latent_weight * terms["latent"]
+            cfg.latent_weight * terms.get("latent", torch.zeros(()))
             + terms["image"]
             + cfg.vgg_weight * terms.get("vgg", torch.zeros(()))
             + cfg.delta_weight * terms["delta"]
@@ -332,8 +363,16 @@ def training_loop(
     loss_fn = EncoderLoss(G, D, cfg, E.w_std, device)
     generator_info = {"file": Path(cfg.network).name, "sha256": file_sha256(cfg.network)}
 
-    local = cfg.batch // di.world
-    sl = slice(di.rank * local, (di.rank + 1) * local)
+    photos = None
+    n_real = 0
+    if cfg.data:
+        from teacher.dataset import ImageDataset
+
+        photos = ImageDataset(cfg.data, resolution=G.img_resolution, mirror=cfg.mirror)
+        n_real = int(round(cfg.batch * cfg.real_fraction))
+    n_syn = cfg.batch - n_real
+    syn_sl = _rank_slice(n_syn, di.world, di.rank)
+    real_sl = _rank_slice(n_real, di.world, di.rank)
     total_nimg = int(round(cfg.kimg * 1000))
     tick_nimg = max(int(round(cfg.tick_kimg * 1000)), 1)
     writer = None
@@ -350,6 +389,12 @@ def training_loop(
         if loss_fn.vgg is not None:
             feat += f" + {cfg.vgg_weight:g} x VGG16"
         why = "" if D is not None or cfg.dfeat_weight == 0 else f" ({cfg.network} holds no D)"
+        if photos is not None:
+            print(
+                f"encoder: {n_real} of every {cfg.batch} samples from {len(photos)} photos in "
+                f"{cfg.data} (image and delta terms)",
+                file=sys.stderr,
+            )
         print(
             f"encoder: {sum(p.numel() for p in E.parameters()):,} parameters for "
             f"{G.img_resolution}px, {G.num_ws} x {G.w_dim} codes; losses: latent, {feat}{why}, "
@@ -379,16 +424,28 @@ def training_loop(
         signals.install()
         while state["cur_nimg"] < total_nimg:
             # -- data: the step's samples, this process's slice ------------------------------
-            ws, target, inp = draw_samples(
-                G, cfg, _step_seed(cfg, state["step"]), cfg.batch, device
-            )
+            seed = _step_seed(cfg, state["step"])
+            ws = target = inp = None
+            if n_syn:
+                ws, target, inp = draw_samples(G, cfg, seed, n_syn, device)
+            real = None
+            if photos is not None and n_real:
+                real = load_photos(photos, cfg, seed, state["step"] * n_real, n_real, device)
             factor = lr_factor(state["cur_nimg"], total_nimg, cfg.lr_decay)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * factor
 
-            # -- encoder step ------------------------------------------------------------------
-            loss, terms = loss_fn(E, ws[sl], target[sl], inp[sl])
+            # -- encoder step: renders with their codes, photos without ------------------------
             opt.zero_grad(set_to_none=True)
+            loss = torch.zeros((), device=device)
+            terms: dict[str, torch.Tensor] = {}
+            if n_syn:
+                loss_syn, terms = loss_fn(E, ws[syn_sl], target[syn_sl], inp[syn_sl])
+                loss = loss + loss_syn * (n_syn / cfg.batch)
+            if real is not None:
+                loss_real, real_terms = loss_fn(E, None, real[0][real_sl], real[1][real_sl])
+                loss = loss + loss_real * (n_real / cfg.batch)
+                terms.update({f"photos_{k}": v for k, v in real_terms.items()})
             loss.backward()
             all_reduce_([p.grad for p in E.parameters() if p.grad is not None], di.world, True)
             opt.step()

@@ -318,3 +318,40 @@ def test_cli_project_with_an_encoder(G, tmp_path, capsys):
     no_enc = ["project", "--network", str(tiny_teacher_file()), "--target", str(faces)]
     assert main([*no_enc, "--aligned", "--steps", "0", "--outdir", str(tmp_path / "x")]) == 1
     assert "--steps 0" in capsys.readouterr().err
+
+
+def test_training_with_photos_uses_them_without_codes(G, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(6, G.z_dim), None, truncation_psi=0.8)
+        imgs = G.synthesis(ws, noise_mode="const", force_fp32=True)
+    for i, im in enumerate(((imgs * 127.5 + 128).clamp(0, 255)).to(torch.uint8)):
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(photos / f"{i}.png")
+    cfg = _cfg(tmp_path, data=str(photos), real_fraction=0.25, kimg=0.032, tick_kimg=0.032)
+    encoder_loop(cfg, progress=False)
+    stats = json.loads((Path(cfg.outdir) / "stats.jsonl").read_text().splitlines()[-1])
+    assert "Loss/photos_image" in stats and "Loss/photos_delta" in stats
+    assert "Loss/photos_latent" not in stats and "Loss/latent" in stats
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(small / "a.png")
+    with pytest.raises(Exception, match="16x16 but the network is 32x32"):
+        encoder_loop(_cfg(tmp_path, data=str(small), outdir=str(tmp_path / "r3")), progress=False)
+
+
+def test_photo_stream_follows_the_dataset_order_and_degrades_with_the_step_seed(tmp_path):
+    from teacher.dataset import ImageDataset, index_stream
+    from teacher.encoder_train import load_photos
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    ds = ImageDataset(folder)
+    cfg = EncoderConfig(seed=3, degrade_prob=0.0, jpeg_prob=0.0)
+    target, inp = load_photos(ds, cfg, seed=1, start=4, n=3, device=torch.device("cpu"))
+    idx = index_stream(5, 3, 4, 3)  # items 4..6 of the shuffled stream (crosses an epoch)
+    want = torch.tensor([40.0 * int(i) for i in idx]) / 127.5 - 1
+    torch.testing.assert_close(target[:, 0, 0, 0], want)
+    assert torch.equal(inp, target)  # no degradation asked for
