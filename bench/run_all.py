@@ -26,6 +26,7 @@ SCRIPTS: dict[str, list[str]] = {
     "teacher_synthesis": ["--min-seconds", "2"],
     "finetune": ["--ticks", "2"],
     "project": ["--steps", "3"],
+    "encoder": ["--repeats", "2"],
     "align": [],
     "synthetic": [],
     "pairs": [],
