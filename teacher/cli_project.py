@@ -347,8 +347,7 @@ def _add_projection_flags(p: argparse.ArgumentParser) -> None:
         "--lr",
         type=float,
         default=None,
-        help=f"initial learning rate (default 0.1 from w_avg, {REFINE['initial_lr']:g} from "
-        "--encoder codes, which also get no latent noise)",
+        help="initial learning rate (default 0.1; codes from --encoder get no latent noise)",
     )
     p.add_argument(
         "--loss",

@@ -71,10 +71,11 @@ class ProjectConfig:
     seed: int = 0
 
 
-# Schedule changes for refining a given start (``project(..., init_ws=...)``): measured in the
-# miniature (demo/README.md), the w_avg schedule's learning rate and latent noise undo most of an
-# encoder's start in the first steps.
-REFINE = dict(initial_lr=0.01, initial_noise_factor=0.0)
+# Schedule changes for refining a given start (``project(..., init_ws=...)``): no latent noise,
+# which would throw a good start away. Measured in the miniature (30 steps from the encoder's
+# codes on 24 held-out photos): 25.1 dB at learning rate 0.1 without noise, 24.4 dB with the
+# w_avg schedule's noise, 24.2 dB at 0.03 and 22.9 dB at 0.01.
+REFINE = dict(initial_lr=0.1, initial_noise_factor=0.0)
 
 
 class VGGDistance:
@@ -258,7 +259,8 @@ def project(
         w_noise_scale = w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp) ** 2
         lr_ramp = min(1.0, (1.0 - t) / cfg.lr_rampdown)
         lr_ramp = 0.5 - 0.5 * math.cos(lr_ramp * math.pi)
-        lr_ramp = lr_ramp * min(1.0, t / cfg.lr_rampup)
+        if cfg.lr_rampup > 0:
+            lr_ramp = lr_ramp * min(1.0, t / cfg.lr_rampup)
         for group in opt.param_groups:
             group["lr"] = cfg.initial_lr * lr_ramp
 

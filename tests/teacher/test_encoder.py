@@ -26,7 +26,7 @@ from teacher.encoder import (
 from teacher.encoder_train import EncoderConfig, EncoderLoss, draw_samples, make_config
 from teacher.encoder_train import training_loop as encoder_loop
 from teacher.io import load_generator, save_network
-from teacher.project import ProjectConfig, project, psnr
+from teacher.project import REFINE, ProjectConfig, project, psnr
 from teacher.spec import CheckpointError
 from tests.conftest import tiny_generator, tiny_teacher_file
 
@@ -311,7 +311,7 @@ def test_cli_project_with_an_encoder(G, tmp_path, capsys):
     assert report["steps"] == 0 and report["start"] == str(enc)
     assert main([*base, "--steps", "20", "--outdir", str(tmp_path / "p20")]) == 0
     r20 = json.loads((tmp_path / "p20" / "report.json").read_text())
-    assert r20["initial_lr"] == 0.01
+    assert r20["initial_lr"] == REFINE["initial_lr"]
     for a, b in zip(report["images"], r20["images"], strict=True):
         assert b["final_distance"] < a["final_distance"]
     # No encoder: zero steps would project nothing.
