@@ -355,3 +355,12 @@ def test_photo_stream_follows_the_dataset_order_and_degrades_with_the_step_seed(
     want = torch.tensor([40.0 * int(i) for i in idx]) / 127.5 - 1
     torch.testing.assert_close(target[:, 0, 0, 0], want)
     assert torch.equal(inp, target)  # no degradation asked for
+
+
+def test_inspect_describes_an_encoder_file(G, tmp_path, capsys):
+    E = encoder_for(G, TINY_ARCH, samples=200)
+    path = save_encoder(E, tmp_path / "e.safetensors", {"file": "base.safetensors", "sha256": "ab"})
+    assert main(["inspect", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "teacher.encoder" and info["generator"]["file"] == "base.safetensors"
+    assert info["parameters"] == sum(p.numel() for p in E.parameters())
