@@ -364,3 +364,40 @@ def test_inspect_describes_an_encoder_file(G, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "teacher.encoder" and info["generator"]["file"] == "base.safetensors"
     assert info["parameters"] == sum(p.numel() for p in E.parameters())
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes half of every step's samples and the
+    gradients are averaged, so the trained encoder equals one process's."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "from common.runs import init_distributed\n"
+        "from teacher.encoder_train import make_config, training_loop\n"
+        f"cfg = make_config('tiny', dict(network={str(tiny_teacher_file())!r}, outdir=sys.argv[1],"
+        f" channel_base=256, channel_max=32, head_channels=4, hidden=64, batch=8, kimg=0.024,"
+        " tick_kimg=0.024, eval_n=0, grid_n=0, dfeat_weight=0.0))\n"
+        "training_loop(cfg, init_distributed(), progress=False)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    one = [sys.executable, str(script), str(tmp_path / "one")]
+    for cmd in (run + [str(script), str(tmp_path / "two")], one):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a = load_encoder(tmp_path / "one" / "encoder.safetensors")
+    b = load_encoder(tmp_path / "two" / "encoder.safetensors")
+    # The codes agree. (Parameters agree too, except the biases of convolutions whose group norm
+    # has one channel per group: their gradient is zero up to rounding, which Adam's
+    # normalisation turns into steps of the learning rate's size; they cannot change an output.)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=1e-4, rtol=1e-4)
+    assert not torch.equal(a.to_delta.weight, torch.zeros_like(a.to_delta.weight))  # it trained
