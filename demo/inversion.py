@@ -1,9 +1,10 @@
 """Inversion in the miniature: the encoder against projection, and encoder-made real-photo pairs.
 
 ``python -m demo.inversion table --encoder demo/assets/encoder32.safetensors``
-    On held-out procedural photos (faces no network saw), four ways into the base's W+: the mean
-    face (``w_avg``), the encoder alone, the encoder plus 50 refinement steps, and 400-step
-    projection from ``w_avg`` (the demo's projection settings). For each: reconstruction PSNR
+    On held-out procedural photos (faces no network saw), ways into the base's W+: the mean
+    face (``w_avg``), the encoder alone, the encoder plus 30 and 50 refinement steps, and
+    projection from ``w_avg`` for 30 steps (the same budget) and 400 steps (the demo's
+    projection settings). For each: reconstruction PSNR
     and L1 against the photo, identity (the miniature's parameter regressor's error on the
     reconstruction over its error on the photo itself) and seconds per photo on this machine.
 
@@ -50,7 +51,12 @@ def heldout_photos(n: int, size: int) -> tuple[np.ndarray, list]:
 
 
 def inversion_table(
-    base_file: Path, encoder_file: Path, judges_file: Path | None, n: int, steps: tuple[int, int]
+    base_file: Path,
+    encoder_file: Path,
+    judges_file: Path | None,
+    n: int,
+    refine_steps: tuple[int, ...],
+    project_steps: int,
 ) -> tuple[dict, np.ndarray]:
     """The table of the module docstring and a strip (photo | each method's reconstruction)."""
     from teacher.encoder import load_encoder
@@ -68,7 +74,6 @@ def inversion_table(
         from demo.judges import load_judges
 
         judges = load_judges(judges_file)
-    refine_steps, project_steps = steps
 
     def render(ws: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -108,21 +113,14 @@ def inversion_table(
     add("encoder alone", render(codes), enc_s, seconds_per_photo_batch1=round(enc_one_s / n, 5))
 
     cfg = dict(optimize_noise=False, seed=0)
-    t = time.perf_counter()
-    res = project(
-        G, target, ProjectConfig(steps=refine_steps, **REFINE, **cfg), D=D, init_ws=codes
-    )
-    add(f"encoder + {refine_steps} steps", res.images, enc_s + time.perf_counter() - t)
-    t = time.perf_counter()
-    res = project(G, target, ProjectConfig(steps=refine_steps, **cfg), D=D, init_ws=codes)
-    add(
-        f"encoder + {refine_steps} steps, w_avg schedule (lr 0.1, latent noise)",
-        res.images,
-        enc_s + time.perf_counter() - t,
-    )
-    t = time.perf_counter()
-    res = project(G, target, ProjectConfig(steps=project_steps, **cfg), D=D)
-    add(f"projection {project_steps} steps from w_avg", res.images, time.perf_counter() - t)
+    for k in refine_steps:
+        t = time.perf_counter()
+        res = project(G, target, ProjectConfig(steps=k, **REFINE, **cfg), D=D, init_ws=codes)
+        add(f"encoder + {k} steps", res.images, enc_s + time.perf_counter() - t)
+    for k in (min(refine_steps), project_steps):  # from w_avg: the same budget, and the full one
+        t = time.perf_counter()
+        res = project(G, target, ProjectConfig(steps=k, **cfg), D=D)
+        add(f"projection {k} steps from w_avg", res.images, time.perf_counter() - t)
     proj = rows[f"projection {project_steps} steps from w_avg"]
     for row in rows.values():
         if row["seconds_per_photo"] > 0:
@@ -150,7 +148,13 @@ def inversion_table(
 
 
 def student_comparison(
-    demo_out: Path, encoder_file: Path, photos: int, faces: int, seeds: int, work: Path
+    demo_out: Path,
+    encoder_file: Path,
+    photos: int,
+    faces: int,
+    seeds: int,
+    work: Path,
+    refine_steps: int = 0,
 ) -> dict:
     """Students trained on the demo's z pairs alone (the demo's own) and on z pairs plus
     ``photos`` encoder-made real-photo pairs, through toon-infer's path (:mod:`demo.outcome`)."""
@@ -173,26 +177,43 @@ def student_comparison(
     folder = write_dataset(work / "photos", photos, "photo", seed=PHOTOS_SEED, size=scale.size)
     (folder / "params.json").unlink()  # inputs only
     t = time.time()
-    argv = ["generate", "--toon", str(blended), "--encoder", str(encoder_file)]
-    argv += ["--photos", str(folder), "--device", "cpu", "--out", str(work / "pairs-encoded")]
-    if pairs_main(argv) != 0:
+    encoded = work / (f"pairs-encoded-refined{refine_steps}" if refine_steps else "pairs-encoded")
+    argv = ["generate", "--toon", str(blended), "--photos", str(folder), "--device", "cpu"]
+    if refine_steps:  # encoder codes refined by projection, then pairs from those latents
+        from teacher.cli import main as teacher_main
+
+        proj = work / f"projected-refined{refine_steps}"
+        base = REPO / "demo" / "assets" / "base32.safetensors"
+        targv = ["project", "--network", str(base), "--target", str(folder), "--aligned"]
+        targv += ["--encoder", str(encoder_file), "--steps", str(refine_steps), "--batch", "250"]
+        targv += ["--device", "cpu", "--outdir", str(proj)]
+        if teacher_main(targv) != 0:
+            raise SystemExit("inversion: projection failed")
+        argv += ["--latents", str(proj / "projected_w.npz")]
+    else:
+        argv += ["--encoder", str(encoder_file)]
+    if pairs_main([*argv, "--out", str(encoded)]) != 0:
         raise SystemExit("inversion: encoded pair generation failed")
     encoded_s = time.time() - t
     src, dst = [], []
-    for root in (zpairs, work / "pairs-encoded"):
-        for pair in iter_pairs(root):
-            src.append(pair.src)
-            dst.append(pair.dst)
-    mixed = write_pairs_folder(work / "pairs-mixed", np.stack(src), np.stack(dst))
-    students = {"z pairs (the demo's)": {}, "z + encoded pairs": {}}
+    for root in (zpairs, encoded):
+        for _key, s, d, _meta in iter_pairs(root):
+            src.append(s)
+            dst.append(d)
+    tag = f"mixed-refined{refine_steps}" if refine_steps else "mixed"
+    mixed = write_pairs_folder(work / f"pairs-{tag}", np.stack(src), np.stack(dst))
+    label = (
+        f"z + encoded pairs refined {refine_steps} steps" if refine_steps else "z + encoded pairs"
+    )
+    students = {"z pairs (the demo's)": {}, label: {}}
     for seed in range(seeds):
-        for name, pairs in (("z pairs (the demo's)", zpairs), ("z + encoded pairs", mixed)):
+        for name, pairs in (("z pairs (the demo's)", zpairs), (label, mixed)):
             if name.startswith("z pairs") and seed == 0 and (demo_out / "toon.onnx").exists():
                 students[name][seed] = demo_out / "toon.onnx"
                 continue
-            tag = "z" if name.startswith("z pairs") else "mixed"
-            f = train_student(scale, pairs, work / f"student-{tag}-seed{seed}", seed, student_main)
-            onnx = work / f"student-{tag}-seed{seed}.onnx"
+            kind = "z" if name.startswith("z pairs") else tag
+            f = train_student(scale, pairs, work / f"student-{kind}-seed{seed}", seed, student_main)
+            onnx = work / f"student-{kind}-seed{seed}.onnx"
             if export_main(["onnx", "--student", str(f), "--out", str(onnx)]) != 0:
                 raise SystemExit("inversion: export failed")
             students[name][seed] = onnx
@@ -221,6 +242,7 @@ def student_comparison(
         "seeds": seeds,
         "encoded_photos": photos,
         "z_pairs": sum(1 for _ in iter_pairs(zpairs)),
+        "refine_steps": refine_steps,
         "encoded_pairs_seconds": round(encoded_s, 1),
         "students": summary,
         "models": rows,
@@ -235,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--encoder", default=str(enc_default))
     pt.add_argument("--base", default=str(REPO / "demo" / "assets" / "base32.safetensors"))
     pt.add_argument("--faces", type=int, default=24)
-    pt.add_argument("--refine-steps", type=int, default=50)
+    pt.add_argument("--refine-steps", default="30,50", help="comma list (default 30,50)")
     pt.add_argument("--project-steps", type=int, default=400)
     pt.add_argument("--out", default=str(REPO / "demo" / "out-inversion"))
     ps = sub.add_parser("students", help="z pairs alone against z + encoder-made photo pairs")
@@ -244,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--photos", type=int, default=2000, help="encoded real-photo pairs")
     ps.add_argument("--faces", type=int, default=24, help="held-out scenes measured")
     ps.add_argument("--seeds", type=int, default=1, help="training seeds per student kind")
+    ps.add_argument(
+        "--refine-steps", type=int, default=0, help="refine the codes by projection first"
+    )
     ps.add_argument("--out", default=str(REPO / "demo" / "out-inversion"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -254,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         judges = REPO / "demo" / "assets" / "judges32.safetensors"
         report, strip = inversion_table(
             Path(args.base), Path(args.encoder), judges, args.faces,
-            (args.refine_steps, args.project_steps),
+            tuple(int(x) for x in args.refine_steps.split(",")), args.project_steps,
         )  # fmt: skip
         from common.images import save_png
 
@@ -264,9 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = student_comparison(
         Path(args.demo_out), Path(args.encoder), args.photos, args.faces, args.seeds,
-        out / "students",
+        out / "students", args.refine_steps,
     )  # fmt: skip
-    (out / "students.json").write_text(json.dumps(report, indent=2))
+    (
+        out / f"students-refined{args.refine_steps}.json"
+        if args.refine_steps
+        else out / "students.json"
+    ).write_text(json.dumps(report, indent=2))
     print(json.dumps({"students": report["students"]}, indent=2))
     return 0
 
