@@ -401,3 +401,53 @@ def test_two_processes_match_one_process(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), atol=1e-4, rtol=1e-4)
     assert not torch.equal(a.to_delta.weight, torch.zeros_like(a.to_delta.weight))  # it trained
+
+
+def test_toonify_with_an_encoder_and_no_steps_renders_the_encoders_code(tmp_path, capsys):
+    """``toonify --encoder FILE --steps 0``: the saved latent is the encoder's code of the
+    aligned face (recomputed here from ``faces.align``) and the toon crop its blended render."""
+    from skimage.data import astronaut
+
+    from faces.align import align
+    from teacher.blend import blend_generators
+    from tests.conftest import randomize_
+
+    torch.manual_seed(1)
+    base = randomize_(tiny_generator(img_resolution=32), seed=1)
+    toon = randomize_(tiny_generator(img_resolution=32), seed=2)
+    base_path = save_network(base, tmp_path / "base.safetensors")
+    blended = blend_generators(base, toon, swap_res=8)
+    blended_path = save_network(blended, tmp_path / "blended.safetensors")
+    E = encoder_for(base, TINY_ARCH, samples=500)
+    with torch.no_grad():
+        E.to_delta.bias.normal_(0, 0.3)
+    from common.files import file_sha256
+
+    enc = save_encoder(E, tmp_path / "e.safetensors", {"sha256": file_sha256(base_path)})
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).resize((256, 256), Image.Resampling.LANCZOS).save(photo)
+    out = tmp_path / "toon"
+    argv = ["toonify", "--base", str(base_path), "--blended", str(blended_path), "--photo"]
+    argv += [
+        str(photo),
+        "--encoder",
+        str(enc),
+        "--steps",
+        "0",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err  # the encoder was made for this base
+    crop = align(np.asarray(Image.open(photo).convert("RGB")), size=32)[0].crop[:, :, :3]
+    want = encode_images(load_encoder(enc), crop[None])
+    got = torch.from_numpy(np.load(out / "projected_w.npz")["w"])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        render = blended.synthesis(want, noise_mode="const", force_fp32=True)[0]
+    expect = np.clip(np.floor(render.permute(1, 2, 0).numpy() * 127.5 + 128), 0, 255)
+    saved = np.asarray(Image.open(out / "astronaut_face0_toon.png")).astype(float)
+    assert np.abs(saved - expect).max() <= 1
+    assert json.loads((out / "report.json").read_text())["start"] == str(enc)
