@@ -11,7 +11,9 @@ Stages (each uses the project's own commands; outputs under ``--out``, default `
    with the offline judges (``demo/judges.py``) as its style and identity networks, and the
    blend grid over levels;
 4. projection of held-out photo-style faces into the base (W+);
-5. pair generation: synthetic pairs from random latents, and projected pairs from the photos;
+5. pair generation: synthetic pairs from random latents, and projected pairs from the photos
+   (and encoded ones: their codes from the shipped inversion encoder, ``python -m
+   demo.inversion`` measures it);
 6. student training on the synthetic pairs;
 7. ONNX export and verification;
 8. ``toon-infer`` on held-out synthetic photos (in scenes) and on real photos, pasted back;
@@ -349,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
             str(pairs_real),
         ],
     )
+    encoder = REPO / "demo" / "assets" / "encoder32.safetensors"
+    if encoder.exists() and size == 32:  # the same photos, coded by the shipped encoder
+        argv = ["generate", "--toon", str(blended), "--encoder", str(encoder)]
+        argv += ["--photos", str(held), "--device", "cpu", "--out", str(out / "pairs-encoded")]
+        run("toon-pairs", pairs_main, argv)
     run(
         "toon-pairs",
         pairs_main,
@@ -517,6 +524,7 @@ def summarize(
             "projected_w": str(proj / "projected_w.npz"),
             "pairs": str(out / "pairs"),
             "pairs_projected": str(out / "pairs-projected"),
+            "pairs_encoded": str(out / "pairs-encoded"),
             "student": str(out / "student" / "student.safetensors"),
             "onnx": str(onnx_path),
             "toonified": str(out / "toonified"),

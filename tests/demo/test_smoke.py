@@ -28,6 +28,10 @@ def test_pipeline_end_to_end(tmp_path):
     assert held["student"]["l1"] < held["do_nothing_source"]["l1"]
     for key in ("finetune_run", "blended", "projected_w", "pairs", "student", "onnx"):
         assert (out / summary["artifacts"][key].split(str(out) + "/")[-1]).exists(), key
+    # The shipped encoder coded the held-out photos into real-photo pairs, one per photo.
+    encoded = json.loads((out / "pairs-encoded" / "manifest.json").read_text())
+    assert encoded["config"]["latent_kind"] == "encoded"
+    assert encoded["count"] == len(list((out / "data" / "heldout").glob("*.png")))
     # The exported model toonified a real photo: same size, the face region changed.
     result = out / "toonified" / "obama_small_toon.jpg"
     src = np.asarray(Image.open(photo).convert("RGB")).astype(int)
