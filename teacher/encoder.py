@@ -352,7 +352,7 @@ def encode_images(E: Encoder, images: np.ndarray, batch: int = 16) -> torch.Tens
     dev = next(E.parameters()).device
     out = []
     for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch]))
+        x = torch.from_numpy(np.array(images[start : start + batch], dtype=np.uint8))
         x = x.permute(0, 3, 1, 2).to(dev).float() / 127.5 - 1
         out.append(E(x[:, : E.img_channels]).float().cpu())
     return torch.cat(out) if out else torch.zeros([0, E.num_ws, E.w_dim])

@@ -13,12 +13,13 @@ ASSETS = Path(__file__).resolve().parents[2] / "demo" / "assets"
 
 def test_the_shipped_encoder_beats_the_mean_face_and_refinement_improves_it():
     """On 4 held-out photos: the encoder's codes reconstruct far better than ``w_avg`` (the
-    issue's floor), a few refinement steps from them improve PSNR, and every row is timed."""
+    floor), a few refinement steps from them improve PSNR and beat as many steps from
+    ``w_avg``, and every row is timed."""
     encoder = ASSETS / "encoder32.safetensors"
     if not encoder.exists():
         pytest.fail(f"{encoder} is missing (demo/README.md says how to make it)")
     report, strip = inversion.inversion_table(
-        ASSETS / "base32.safetensors", encoder, ASSETS / "judges32.safetensors", 4, (10, 20)
+        ASSETS / "base32.safetensors", encoder, ASSETS / "judges32.safetensors", 4, (10,), 20
     )
     rows = report["methods"]
     mean, enc = rows["mean face (w_avg)"], rows["encoder alone"]
@@ -26,8 +27,7 @@ def test_the_shipped_encoder_beats_the_mean_face_and_refinement_improves_it():
     assert enc["psnr_db"] > mean["psnr_db"] + 4
     assert enc["identity_error_over_photo"] < mean["identity_error_over_photo"]
     assert refined["psnr_db"] > enc["psnr_db"]
-    assert (
-        enc["seconds_per_photo"] > 0
-        and rows["projection 20 steps from w_avg"]["seconds_per_photo"] > 0
-    )
+    assert refined["psnr_db"] > rows["projection 10 steps from w_avg"]["psnr_db"]  # a better start
+    assert enc["seconds_per_photo"] > 0
+    assert rows["projection 20 steps from w_avg"]["seconds_per_photo"] > 0
     assert strip.shape == (4 * 32, len(report["strip_columns"]) * 32, 3)
