@@ -4,7 +4,8 @@ Random weights stand in for NVIDIA's CelebA-HQ base (nothing is downloaded) and 
 for the game set, so this checks what breaks only at real size (memory, shapes, dtypes, file
 sizes), not quality: import keeps G, D and G_ema, the recipe's fine-tune command (preset
 paper256 with its ADA and FreezeD flags, the per-pass batch chosen from the machine's memory,
-only --batch and --kimg made small), blend-grid and blend, projection, pair generation, student
+only --batch and --kimg made small), blend-grid and blend, projection, the inversion encoder
+(one step, then project and pairs with it), pair generation, student
 training with its paper256 preset, ONNX export. About 5 minutes and 5 GiB peak RSS on 2 CPU cores.
 """
 
@@ -103,12 +104,30 @@ def test_recipe_runs_at_paper256(tmp_path: Path, capsys: pytest.CaptureFixture[s
         + ["--steps", "1", "--space", "w+", "--outdir", str(tmp_path / "proj")],
     )
     assert "discriminator features" in capsys.readouterr().err  # D came with the import
+    enc = tmp_path / "runs" / "encoder"
+    _run(
+        teacher_main,
+        ["encoder", "train", "--network", str(base), "--data", str(game), "--outdir", str(enc)]
+        + ["--kimg", "0.008", "--tick-kimg", "0.008", "--eval-n", "2", "--grid-n", "1", "--quiet"],
+    )
+    _run(
+        teacher_main,
+        ["project", "--network", str(base), "--encoder", str(enc / "encoder.safetensors")]
+        + ["--target", str(game / "0.png"), "--aligned", "--steps", "1"]
+        + ["--outdir", str(tmp_path / "proj-enc")],
+    )
 
     pairs = tmp_path / "pairs"
     _run(
         pairs_main,
         ["generate", "--base", str(base), "--toon", str(blended), "--count", "4"]
         + ["--trunc", "0.7", "--shard-size", "4", "--workers", "0", "--quiet", "--out", str(pairs)],
+    )
+    _run(
+        pairs_main,
+        ["generate", "--toon", str(blended), "--encoder", str(enc / "encoder.safetensors")]
+        + ["--photos", str(game), "--count", "2", "--workers", "0", "--quiet"]
+        + ["--out", str(tmp_path / "pairs-real")],
     )
     student = tmp_path / "runs" / "student"
     _run(
