@@ -208,7 +208,7 @@ def _load_encoder(path: str, toon: Generator, device: torch.device):
     try:
         E = load_encoder(path)
         # Shapes only: the toon is a blend of the encoder's base, so its file hash differs.
-        check_pair(E, toon, "")
+        check_pair(E, toon)
     except CheckpointError as e:
         raise PairsError(f"--encoder: {e}") from None
     info = {"file": Path(path).name, "sha256": file_sha256(path)}

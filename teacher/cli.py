@@ -53,9 +53,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from teacher.encoder import KIND_ENCODER, load_encoder
+    from teacher.encoder import is_encoder_file, load_encoder
 
-    if f'"kind": "{KIND_ENCODER}"' in _toon_metadata(args.file):
+    if is_encoder_file(args.file):
         E = load_encoder(args.file)
         params = sum(p.numel() for p in E.parameters())
         info = {"file": str(args.file), "format": "safetensors", **E.info, "parameters": params}
@@ -64,17 +64,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = read_model_info(args.file)
     print(json.dumps(info, indent=2, sort_keys=False, default=str))
     return 0
-
-
-def _toon_metadata(path: str) -> str:
-    """The raw ``toon`` metadata of a safetensors file ("" for anything else)."""
-    try:
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            return (f.metadata() or {}).get("toon", "")
-    except Exception:  # not safetensors: read_model_info reports what it is
-        return ""
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

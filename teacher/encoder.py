@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from common.cli import error_line
-from common.files import atomic_write
+from common.files import atomic_write, file_sha256
 from common.weights import state_mismatch
 from teacher.spec import CheckpointError
 
@@ -275,6 +275,28 @@ _ARCH_LIMITS = {
 }
 
 
+def _toon_info(path: Path) -> Any:
+    """The parsed ``toon`` metadata of a safetensors file (None when it has none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a safetensors encoder file ({error_line(e)})") from None
+    try:
+        return json.loads(meta.get("toon", "null"))
+    except json.JSONDecodeError:
+        return None
+
+
+def is_encoder_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata says it holds an encoder."""
+    try:
+        info = _toon_info(Path(path))
+    except CheckpointError:
+        return False
+    return isinstance(info, dict) and info.get("kind") == KIND_ENCODER
+
+
 def read_encoder_info(path: str | os.PathLike) -> dict[str, Any]:
     """The ``toon`` metadata of an encoder file (a :class:`CheckpointError` when it is none)."""
     path = Path(path)
@@ -282,15 +304,7 @@ def read_encoder_info(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: encoder file not found (train one with toon-teacher encoder train)"
         )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a safetensors encoder file ({error_line(e)})") from None
-    try:
-        info = json.loads(meta.get("toon", "null"))
-    except json.JSONDecodeError:
-        info = None
+    info = _toon_info(path)
     if not isinstance(info, dict) or info.get("kind") != KIND_ENCODER:
         kind = info.get("kind") if isinstance(info, dict) else None
         raise CheckpointError(
@@ -324,20 +338,23 @@ def load_encoder(path: str | os.PathLike) -> Encoder:
     return E.eval().requires_grad_(False)
 
 
-def check_pair(E: Encoder, G: torch.nn.Module, network: str | os.PathLike) -> str | None:
-    """Refuse an encoder whose codes do not fit ``G``; return a warning line when ``network``
-    is not the file the encoder was trained for (its sha256 differs), else None."""
+def check_pair(
+    E: Encoder, G: torch.nn.Module, network: str | os.PathLike | None = None
+) -> str | None:
+    """Refuse an encoder whose codes do not fit ``G``; return a warning line when the file
+    ``network`` (when given) is not the one the encoder was trained for (its sha256 differs),
+    else None."""
     mine = (E.img_resolution, E.num_ws, E.w_dim)
     theirs = (G.img_resolution, G.num_ws, G.w_dim)
     if mine != theirs:
         raise CheckpointError(
-            f"the encoder codes (resolution, num_ws, w_dim) = {mine} but {network} has {theirs}; "
-            "train an encoder for this generator"
+            f"the encoder codes (resolution, num_ws, w_dim) = {mine} but "
+            f"{network or 'the generator'} has {theirs}; train an encoder for this generator"
         )
-    from common.files import file_sha256
-
     want = getattr(E, "info", {}).get("generator", {})
-    if want.get("sha256") and Path(network).is_file() and file_sha256(network) != want["sha256"]:
+    if network is None or not want.get("sha256") or not Path(network).is_file():
+        return None
+    if file_sha256(network) != want["sha256"]:
         return (
             f"the encoder was trained for {want.get('file', '?')} (sha256 "
             f"{want['sha256'][:12]}), not {Path(network).name}; its codes may fit poorly"

@@ -22,8 +22,8 @@ Distances:
 
 Starting point: ``w_avg`` (the published projector), or a W+ code per image (``init_ws``, e.g.
 from :mod:`teacher.encoder`), which is then refined in W+ from the first step (no shared-w
-warm-up); :data:`REFINE` holds the schedule for that case (a smaller learning rate and no
-latent noise, which would throw a good start away). Zero steps return the start as it is.
+warm-up); :data:`REFINE` holds the schedule for that case (no latent noise, which would throw
+a good start away). Zero steps return the start as it is.
 
 Many images are projected at once: each has its own latent in one batch (the latents are
 independent; the loss is a sum over images).
