@@ -2,10 +2,12 @@
 
 Random weights (speed does not depend on them): the encoder of the ``paper256`` preset
 (``toon-teacher encoder train``) and NVIDIA's CelebA-HQ 256 generator architecture. Times, per
-photo, one encoder pass (batch 1 and 8), one encoder training step (batch 8: render the
+photo, one encoder pass (batch 1 and 8), a feedback encoder's three passes (batch 1: each
+later pass renders the code and reads it back), one encoder training step (batch 8: render the
 target, encode, render the code, backward) and a projection step (pixel loss, W+, batch 1),
 and reports the ratios the goals are stated in: the encoder alone against 1000-step (and
-400-step) projection, and the encoder plus 50 refinement steps against 400-step projection.
+400-step) projection, the encoder plus 50 refinement steps against 400-step projection, and
+how many refinement steps fit in a tenth of 400-step projection's time after each encoder.
 Prints one JSON object; asserts no time.
 
     python bench/encoder.py [--device auto] [--threads N] [--repeats 3]
@@ -65,6 +67,9 @@ def run(device: torch.device, repeats: int) -> dict:
     with torch.no_grad():
         enc1 = _best(lambda: E(x1), repeats, device)
         enc8 = _best(lambda: E(x8), repeats, device) / 8
+    Ef = encoder_for(G, {**cfg.arch(), "feedback": 1, "passes": 3}, samples=2000).to(device)
+    with torch.no_grad():
+        fb3 = _best(lambda: Ef.eval().invert(x1, G), repeats, device)
 
     loss = EncoderLoss(G, None, cfg.replace(dfeat_weight=0.0), E.w_std, device)
     E.train()
@@ -102,6 +107,9 @@ def run(device: torch.device, repeats: int) -> dict:
         "encoder_alone_x_faster_than_1000_steps": round(step * 1000 / enc1, 1),
         "encoder_alone_x_faster_than_400_steps": round(step * 400 / enc1, 1),
         "encoder_plus_50_steps_x_faster_than_400_steps": round(400 * step / (enc1 + 50 * step), 2),
+        "feedback_encoder_3_passes_s_per_photo_batch1": round(fb3, 4),
+        "refine_steps_within_a_tenth_of_400_steps": int((40 * step - enc1) // step),
+        "refine_steps_within_a_tenth_of_400_steps_after_3_passes": int((40 * step - fb3) // step),
     }
 
 

@@ -264,7 +264,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--encoder",
         metavar="FILE",
-        help="inversion encoder of the base: real-photo pairs from --photos without projection",
+        help="inversion encoder of the base: real-photo pairs from --photos without projection "
+        "(a feedback encoder also needs --base, which renders its codes between passes)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(

@@ -286,6 +286,12 @@ def prepare_job(cfg: GenerateConfig) -> Job:
     encoder = None
     if encoded:
         encoder, encoder_info = _load_encoder(cfg.encoder or "", toon, device)
+        if encoder.passes > 1 and base is None:
+            raise PairsError(
+                f"--encoder {Path(cfg.encoder or '').name} corrects its codes over "
+                f"{encoder.passes} passes from renders of the generator it codes: give that "
+                "generator as --base"
+            )
         folder = Path(cfg.photos or "")
         photo_names = list_photos(folder)
         if not photo_names:

@@ -19,7 +19,8 @@ these read (the loaded teachers and the settings) comes from :func:`pairs.job.pr
   ``w``; ``src`` = the aligned photo of row k (Lanczos-resized to the resolution when needed),
   ``dst`` = ``toon.synthesis(ws)``.
 - *encoded pairs* (``--encoder FILE --photos DIR``): photo k is the k-th image of the folder in
-  sorted order; ``ws`` = the encoder's code of it (Lanczos-resized to the encoder's resolution),
+  sorted order; ``ws`` = the encoder's code of it (Lanczos-resized to the encoder's resolution;
+  a feedback encoder runs its passes with ``--base`` rendering the codes between them),
   computed in render batch order like everything else; ``src`` and ``dst`` as for projected.
 - *noise*: ``const`` (default) or ``none`` as in the generator; ``random`` draws pair k's noise
   maps from ``RandomState([S + k, 3])``, layer by layer in block order, identical for base and
@@ -183,7 +184,7 @@ def launch_batch(job: Job, j: int) -> _Launched:
         for i, k in enumerate(range(ks.start, min(ks.stop, job.count))):
             photos[i] = load_photo(job.photo_paths[k], R)
         x = _to_device(photos, dev).permute(0, 3, 1, 2).float() / 127.5 - 1
-        ws = E(x)
+        ws = E.invert(x, job.base)
         models = [job.toon]
     else:
         rows = job.ws_rows

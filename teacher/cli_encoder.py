@@ -18,6 +18,10 @@ _HELP = {
     "channel_max": "most channels of an encoder level",
     "head_channels": "channels of each level's 4x4 summary",
     "hidden": "width of the hidden layer before the code",
+    "passes": "passes per step: more than 1 trains a feedback encoder that corrects its code "
+    "from the render of it (ReStyle)",
+    "init": "encoder file whose weights start a fresh run (same architecture; a one-pass "
+    "encoder can start a feedback one)",
     "trunc_min": "smallest truncation psi of the training samples",
     "trunc_max": "largest truncation psi of the training samples",
     "mix_prob": "probability of style mixing per sample (W+ codes to learn)",

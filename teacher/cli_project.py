@@ -98,8 +98,9 @@ def _project_batch(G, D, crops, cfg: ProjectConfig, vgg16, device, desc: str, en
 
 
 def _projection_setup(args: argparse.Namespace, G, network: str, device, prog: str):
-    """The encoder of ``--encoder`` (on ``device``, checked against ``G``) or None, and the
-    schedule overrides it implies; refuses ``--steps 0`` without one."""
+    """The start codes of ``--encoder`` as a function of the target batch (the encoder on
+    ``device``, checked against ``G``, run for ``--passes``) or None, and the schedule overrides
+    it implies; refuses ``--steps 0`` without an encoder."""
     if args.steps < 0:
         raise ValueError(f"--steps must be at least 0, got {args.steps}")
     overrides: dict = {}
@@ -108,6 +109,8 @@ def _projection_setup(args: argparse.Namespace, G, network: str, device, prog: s
     if not args.encoder:
         if args.steps == 0:
             raise ValueError("--steps 0 renders the start as it is: it needs --encoder FILE")
+        if args.passes is not None:
+            raise ValueError("--passes counts encoder passes: it needs --encoder FILE")
         return None, overrides
     from teacher.encoder import check_pair, load_encoder
 
@@ -115,9 +118,18 @@ def _projection_setup(args: argparse.Namespace, G, network: str, device, prog: s
     warning = check_pair(E, G, network)
     if warning:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
-    start = f"{Path(args.encoder).name} codes"
+    passes = E.passes if args.passes is None else args.passes
+    if passes < 1:
+        raise ValueError(f"--passes must be at least 1, got {passes}")
+    if passes > 1 and not E.feedback:
+        raise ValueError(
+            f"--passes {passes}: {Path(args.encoder).name} makes one pass (it has no feedback "
+            "input; toon-teacher encoder train --passes N trains one that has)"
+        )
+    E = E.to(device)
+    start = f"{Path(args.encoder).name} codes after {passes} pass(es)"
     print(f"{prog}: start = {start}, then {args.steps} refinement step(s)", file=sys.stderr)
-    return E.to(device), {**REFINE, **overrides}
+    return (lambda target: E.invert(target, G, passes)), {**REFINE, **overrides}
 
 
 def loss_terms(
@@ -342,6 +354,12 @@ def _add_projection_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="start from this encoder's codes (toon-teacher encoder train) instead of w_avg, "
         "then refine for --steps",
+    )
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="passes of a feedback encoder (default: the number it was trained with)",
     )
     p.add_argument(
         "--lr",

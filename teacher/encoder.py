@@ -13,6 +13,14 @@ encoder as buffers: outputs are absolute W+ codes for that generator, and the de
 how far a code leaves W (the training loss keeps them small, so the blended teacher, whose
 fine layers see the same codes, renders them well).
 
+**Feedback passes** (after ReStyle, Alaluf et al. 2021): an encoder built with ``feedback=1``
+reads the image *and* the generator's render of the current code (6 channels) and predicts a
+correction, ``ws_{t+1} = ws_t + w_std * (base + delta[i])``. The first pass starts at
+``ws_0 = w_avg`` with the render of ``w_avg`` (the mean face, a buffer), so it is an ordinary
+one-pass encoder; each later pass costs one encoder and one generator forward and sees what the
+current code still gets wrong. :meth:`Encoder.invert` runs ``passes`` of them (by default the
+number the encoder was trained with).
+
 Degradations (:func:`degrade`) make the generator's own renders look like photos during
 training: colour and exposure shifts, Gaussian blur, sensor noise and JPEG, each drawn per
 image from a ``torch.Generator`` so a training step is a function of its seed.
@@ -80,12 +88,18 @@ class Encoder(nn.Module):
         head_channels: int = 8,  # channels of each level's 4x4 summary
         hidden: int = 256,  # the hidden layer before the code
         img_channels: int = 3,
+        feedback: int = 0,  # 1: also reads the render of the current code (feedback passes)
+        passes: int = 1,  # passes :meth:`invert` runs by default (more than 1 needs feedback)
     ) -> None:
         super().__init__()
         log2 = int(round(math.log2(img_resolution)))
         if img_resolution < 8 or 2**log2 != img_resolution:
             raise ValueError(
                 f"encoder resolution must be a power of two >= 8, got {img_resolution}"
+            )
+        if feedback not in (0, 1) or passes < 1 or (passes > 1 and not feedback):
+            raise ValueError(
+                f"passes={passes} with feedback={feedback}: more than one pass needs feedback=1"
             )
         self.arch = dict(
             img_resolution=img_resolution,
@@ -96,12 +110,15 @@ class Encoder(nn.Module):
             head_channels=head_channels,
             hidden=hidden,
             img_channels=img_channels,
+            feedback=feedback,
+            passes=passes,
         )
         self.img_resolution, self.num_ws, self.w_dim = img_resolution, num_ws, w_dim
         self.img_channels = img_channels
+        self.feedback, self.passes = bool(feedback), passes
         self.resolutions = [2**i for i in range(log2 - 1, 1, -1)]  # level sides: R/2 .. 4
         ch = lambda r: _channels(r, channel_base, channel_max)  # noqa: E731
-        self.fromrgb = nn.Conv2d(img_channels, ch(img_resolution), 1)
+        self.fromrgb = nn.Conv2d(img_channels * (2 if feedback else 1), ch(img_resolution), 1)
         prev = img_resolution
         for r in self.resolutions:
             setattr(self, f"b{prev}", DownBlock(ch(prev), ch(r)))
@@ -115,14 +132,27 @@ class Encoder(nn.Module):
         nn.init.zeros_(self.to_delta.bias)
         self.register_buffer("w_avg", torch.zeros([w_dim]))
         self.register_buffer("w_std", torch.ones([w_dim]))
+        if feedback:  # the generator's render of w_avg: the first pass's "current render"
+            side = img_resolution
+            self.register_buffer("avg_image", torch.zeros([img_channels, side, side]))
 
-    def parts(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(base [N, w_dim], delta [N, num_ws, w_dim])`` in units of ``w_std``."""
+    def parts(
+        self, img: torch.Tensor, recon: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(base [N, w_dim], delta [N, num_ws, w_dim])`` in units of ``w_std``; a feedback
+        encoder also reads ``recon``, the render of the current code (the mean face when
+        None)."""
         r = self.img_resolution
         if img.ndim != 4 or img.shape[1:] != (self.img_channels, r, r):
             raise ValueError(
                 f"encoder input must be [N, {self.img_channels}, {r}, {r}], got {tuple(img.shape)}"
             )
+        if self.feedback:
+            if recon is None:
+                recon = self.avg_image.expand(img.shape[0], -1, -1, -1)
+            img = torch.cat([img, recon.to(img.dtype)], dim=1)
+        elif recon is not None:
+            raise ValueError("this encoder has no feedback input (it was built with feedback=0)")
         x = F.leaky_relu(self.fromrgb(img), 0.2)
         prev = r
         summaries = []
@@ -136,17 +166,42 @@ class Encoder(nn.Module):
         delta = self.to_delta(h).view(-1, self.num_ws, self.w_dim)
         return base, delta
 
-    def codes(self, base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """W+ codes from :meth:`parts`."""
-        return self.w_avg + self.w_std * (base[:, None, :] + delta)
+    def codes(
+        self, base: torch.Tensor, delta: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """W+ codes from :meth:`parts`: offsets from ``start`` (the current code of a feedback
+        pass), or from ``w_avg`` when None."""
+        origin = self.w_avg if start is None else start
+        return origin + self.w_std * (base[:, None, :] + delta)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """The first pass: W+ codes ``[N, num_ws, w_dim]`` (offsets from ``w_avg``)."""
         return self.codes(*self.parts(img))
+
+    def invert(
+        self, img: torch.Tensor, G: torch.nn.Module | None = None, passes: int | None = None
+    ) -> torch.Tensor:
+        """W+ codes after ``passes`` (default :attr:`passes`): the first pass, then each pass
+        corrects the code from the image and ``G``'s render of it (constant noise). ``G`` is
+        the generator the encoder codes; it is needed for more than one pass."""
+        passes = self.passes if passes is None else int(passes)
+        if passes < 1:
+            raise ValueError(f"passes must be at least 1, got {passes}")
+        if passes > 1 and not self.feedback:
+            raise ValueError(f"this encoder makes one pass (no feedback input), not {passes}")
+        if passes > 1 and G is None:
+            raise ValueError(f"{passes} passes need the generator the encoder codes")
+        ws = self(img)
+        for _ in range(passes - 1):
+            recon = G.synthesis(ws, noise_mode="const", force_fp32=True)
+            ws = self.codes(*self.parts(img, recon), start=ws)
+        return ws
 
 
 def encoder_for(G: torch.nn.Module, preset: Mapping[str, Any], samples: int = 10000) -> Encoder:
     """A fresh encoder for generator ``G`` with its W statistics (``samples`` random z, c = 0,
-    seed 0) in the buffers; ``preset`` gives channel_base, channel_max, head_channels, hidden."""
+    seed 0) in the buffers (and, with feedback, its render of ``w_avg``); ``preset`` gives
+    channel_base, channel_max, head_channels, hidden and optionally feedback and passes."""
     E = Encoder(G.img_resolution, G.num_ws, G.w_dim, img_channels=G.img_channels, **preset)
     g = torch.Generator().manual_seed(0)
     device = next(G.parameters()).device
@@ -155,7 +210,46 @@ def encoder_for(G: torch.nn.Module, preset: Mapping[str, Any], samples: int = 10
         w = G.mapping(z, torch.zeros([samples, G.c_dim], device=device))[:, 0].cpu()
     E.w_avg.copy_(w.mean(0))
     E.w_std.copy_(w.std(0).clamp_min(1e-4))
+    if E.feedback:
+        ws = E.w_avg.to(device).reshape(1, 1, -1).repeat(1, G.num_ws, 1)
+        with torch.no_grad():
+            E.avg_image.copy_(G.synthesis(ws, noise_mode="const", force_fp32=True)[0].cpu())
     return E
+
+
+def _widens(src: torch.Size, dst: torch.Size) -> bool:
+    """Whether a first-layer weight of shape ``src`` fits ``dst`` with more input channels."""
+    return src[0] == dst[0] and src[2:] == dst[2:] and src[1] < dst[1]
+
+
+def warm_start(E: Encoder, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy the weights of another encoder's ``state`` into ``E`` (same architecture up to the
+    feedback input): a one-pass encoder's first layer fills the image channels of a feedback
+    encoder, whose render channels start at zero, so ``E``'s first pass equals the source
+    encoder. The statistics buffers (``w_avg``, ``w_std``, ``avg_image``) stay ``E``'s own.
+    Returns the names of the tensors that were widened; raises ValueError on any other
+    mismatch."""
+    own = E.state_dict()
+    keep = {"w_avg", "w_std", "avg_image"}
+    missing = sorted(k for k in own if k not in state and k not in keep)
+    extra = sorted(k for k in state if k not in own and k not in keep)
+    if missing or extra:
+        raise ValueError(f"different layers (missing {missing[:3]}, unexpected {extra[:3]})")
+    widened = []
+    with torch.no_grad():
+        for k, dst in own.items():
+            if k in keep:
+                continue
+            src = state[k].to(dst.dtype)
+            if src.shape == dst.shape:
+                dst.copy_(src)
+            elif k == "fromrgb.weight" and _widens(src.shape, dst.shape):
+                dst.zero_()
+                dst[:, : src.shape[1]] = src
+                widened.append(k)
+            else:
+                raise ValueError(f"{k} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
+    return widened
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +366,10 @@ _ARCH_LIMITS = {
     "head_channels": (1, 1024),
     "hidden": (1, 1 << 16),
     "img_channels": (1, 4),
+    "feedback": (0, 1),
+    "passes": (1, 64),
 }
+_ARCH_DEFAULTS = {"feedback": 0, "passes": 1}  # keys that files of format 1 may lack
 
 
 def _toon_info(path: Path) -> Any:
@@ -312,6 +409,8 @@ def read_encoder_info(path: str | os.PathLike) -> dict[str, Any]:
             "(toon-teacher encoder train writes one)"
         )
     arch = info.get("arch")
+    if isinstance(arch, dict):
+        arch = info["arch"] = {**_ARCH_DEFAULTS, **arch}
     if not isinstance(arch, dict) or set(arch) != set(_ARCH_LIMITS):
         raise CheckpointError(f"{path}: encoder metadata has a malformed arch")
     for key, (lo, hi) in _ARCH_LIMITS.items():
@@ -326,7 +425,7 @@ def load_encoder(path: str | os.PathLike) -> Encoder:
     info = read_encoder_info(path)
     try:
         E = Encoder(**info["arch"])
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
     with safe_open(str(path), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
@@ -363,13 +462,20 @@ def check_pair(
 
 
 @torch.no_grad()
-def encode_images(E: Encoder, images: np.ndarray, batch: int = 16) -> torch.Tensor:
+def encode_images(
+    E: Encoder,
+    images: np.ndarray,
+    batch: int = 16,
+    G: torch.nn.Module | None = None,
+    passes: int | None = None,
+) -> torch.Tensor:
     """W+ codes ``[N, num_ws, w_dim]`` (CPU float32) of HWC uint8 aligned faces at the
-    encoder's resolution, in batches on the encoder's device."""
+    encoder's resolution, in batches on the encoder's device, after ``passes`` (see
+    :meth:`Encoder.invert`; ``G`` renders the codes between passes)."""
     dev = next(E.parameters()).device
     out = []
     for start in range(0, len(images), batch):
         x = torch.from_numpy(np.array(images[start : start + batch], dtype=np.uint8))
         x = x.permute(0, 3, 1, 2).to(dev).float() / 127.5 - 1
-        out.append(E(x[:, : E.img_channels]).float().cpu())
+        out.append(E.invert(x[:, : E.img_channels], G, passes).float().cpu())
     return torch.cat(out) if out else torch.zeros([0, E.num_ws, E.w_dim])

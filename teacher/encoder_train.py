@@ -22,6 +22,13 @@ has no known code). Renders teach the codes; photos teach the codes of faces the
 does not reach, which real photos need (in the miniature, codes learned from renders alone
 reconstruct held-out photos 8 dB worse than projection; see demo/README.md).
 
+**Feedback passes** (``passes`` > 1, after ReStyle): the encoder also reads the render of its
+current code and corrects it (:meth:`teacher.encoder.Encoder.invert`). Every step runs the
+``passes`` passes on the same inputs, each from the previous pass's code and render (detached),
+and the loss is the mean of the passes' losses. ``init`` (an encoder file of the same
+architecture, one-pass or not) gives the starting weights of a fresh run, so a feedback encoder
+can start from a trained one-pass encoder (its first pass then equals that encoder).
+
 The generator is frozen; gradients reach the encoder through it. Adam; the learning rate falls
 linearly to 0 over the last ``lr_decay`` of the run.
 
@@ -92,6 +99,8 @@ class EncoderConfig:
     channel_max: int = 512
     head_channels: int = 32
     hidden: int = 2048
+    passes: int = 1  # passes per step; more than 1 builds a feedback encoder
+    init: str = ""  # optional encoder file whose weights start a fresh run
 
     # Samples
     trunc_min: float = 0.5
@@ -152,6 +161,8 @@ class EncoderConfig:
         """Raise ValueError on values that cannot work."""
         if self.batch < 1 or self.kimg <= 0 or self.tick_kimg <= 0 or self.lr <= 0:
             raise ValueError("batch, kimg, tick_kimg and lr must be positive")
+        if not 1 <= self.passes <= 64:
+            raise ValueError("--passes must be from 1 to 64")
         if not 0 < self.trunc_min <= self.trunc_max:
             raise ValueError("need 0 < --trunc-min <= --trunc-max")
         if self.noise_mode not in ("random", "const", "none"):
@@ -171,6 +182,8 @@ class EncoderConfig:
             channel_max=self.channel_max,
             head_channels=self.head_channels,
             hidden=self.hidden,
+            feedback=int(self.passes > 1),
+            passes=self.passes,
         )
 
     def degradations(self) -> dict[str, float]:
@@ -289,20 +302,37 @@ class EncoderLoss:
 
     def __call__(self, E: Encoder, ws, target, inp) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of samples with known codes ``ws``, or of photos (``ws`` None: no latent
-        term)."""
+        term): the mean over the encoder's passes. The terms are the last pass's, plus
+        ``first_psnr_db`` when there are several."""
+        with torch.no_grad():
+            feats = self.image.features(target)
+            vfeats = self.vgg.features(target) if self.vgg is not None else None
+        start = recon = None
+        total = torch.zeros((), device=inp.device)
+        first = None
+        for _ in range(E.passes):
+            loss, terms, pred, recon = self.one_pass(
+                E, ws, target, inp, start, recon, feats, vfeats
+            )
+            total = total + loss / E.passes
+            start, recon = pred.detach(), recon.detach()
+            first = terms["psnr_db"] if first is None else first
+        if E.passes > 1:
+            terms["first_psnr_db"] = first
+        return total, terms
+
+    def one_pass(self, E: Encoder, ws, target, inp, start, recon, feats, vfeats):
+        """(loss, terms, code, render) of one pass from ``start`` and its render ``recon``
+        (None: the first pass); ``feats``/``vfeats``: the target's distance features."""
         cfg = self.cfg
-        base, delta = E.parts(inp)
-        pred = E.codes(base, delta)
+        base, delta = E.parts(inp, recon)
+        pred = E.codes(base, delta, start)
         recon = self.G.synthesis(pred, noise_mode="const", force_fp32=True)
         terms: dict[str, torch.Tensor] = {}
         if ws is not None:
             terms["latent"] = ((pred - ws) / self.w_std).square().mean()
-        with torch.no_grad():
-            feats = self.image.features(target)
         terms["image"] = self.image(feats, recon).mean()
         if self.vgg is not None:
-            with torch.no_grad():
-                vfeats = self.vgg.features(target)
             terms["vgg"] = self.vgg(vfeats, recon).mean()
         terms["delta"] = delta.square().mean()
         total = (
@@ -313,7 +343,7 @@ class EncoderLoss:
         )
         with torch.no_grad():
             terms["psnr_db"] = psnr(recon, target).mean()
-        return total, terms
+        return total, terms, pred, recon
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +385,8 @@ def training_loop(
 
     torch.manual_seed(cfg.seed)
     E = encoder_for(G, cfg.arch()).to(device).train()
+    if cfg.init and not resuming:
+        _warm_start(E, cfg)
     opt = torch.optim.Adam(E.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     state: dict[str, Any] = dict(cur_nimg=0, step=0, tick=0)
     if resuming:
@@ -534,15 +566,39 @@ def training_loop(
     return dict(state, stopped=stopped)
 
 
+def _warm_start(E: Encoder, cfg: EncoderConfig) -> None:
+    """Start ``E`` from the weights of the encoder file ``cfg.init`` (see the module
+    docstring); a one-line TrainError when it does not fit."""
+    from teacher.encoder import load_encoder, warm_start
+    from teacher.spec import CheckpointError
+
+    try:
+        src = load_encoder(cfg.init)
+        shape = {k: v for k, v in src.arch.items() if k not in ("feedback", "passes")}
+        mine = {k: v for k, v in E.arch.items() if k not in ("feedback", "passes")}
+        if shape != mine:
+            raise ValueError(f"its architecture {shape} differs from this run's {mine}")
+        widened = warm_start(E, src.state_dict())
+    except (CheckpointError, ValueError) as e:
+        raise TrainError(f"--init {cfg.init}: {e}") from None
+    note = " (the render channels start at zero)" if widened else ""
+    print(f"encoder: weights from {cfg.init}{note}", file=sys.stderr)
+
+
 @torch.no_grad()
 def evaluate(E: Encoder, G, samples, eval_n: int, grid_n: int) -> tuple[dict, np.ndarray | None]:
-    """Held-out figures on fixed samples (``Eval/psnr_db`` of the reconstruction against the
-    clean target, ``Eval/latent_mse`` in units of W's spread, ``Eval/delta_rms``) and the
-    input | reconstruction | target grid of the first ``grid_n``."""
+    """Held-out figures on fixed samples (``Eval/psnr_db`` of the reconstruction after all
+    passes against the clean target, ``Eval/latent_mse`` in units of W's spread,
+    ``Eval/delta_rms`` of the last pass, and with several passes ``Eval/first_psnr_db``) and
+    the input | reconstruction | target grid of the first ``grid_n``."""
     ws, target, inp = samples
-    base, delta = E.parts(inp)
-    pred = E.codes(base, delta)
-    recon = G.synthesis(pred, noise_mode="const", force_fp32=True)
+    start = recon = first = None
+    for _ in range(E.passes):
+        base, delta = E.parts(inp, recon)
+        pred = E.codes(base, delta, start)
+        recon = G.synthesis(pred, noise_mode="const", force_fp32=True)
+        start = pred
+        first = recon if first is None else first
     figures = {}
     if eval_n > 0:
         n = eval_n
@@ -552,6 +608,8 @@ def evaluate(E: Encoder, G, samples, eval_n: int, grid_n: int) -> tuple[dict, np
             "Eval/delta_rms": float(delta[:n].square().mean().sqrt()),
             "Eval/l1": float(F.l1_loss(recon[:n], target[:n]) / 2),
         }
+        if E.passes > 1:
+            figures["Eval/first_psnr_db"] = float(psnr(first[:n], target[:n]).mean())
     grid = None
     if grid_n > 0:
         rows = [to_uint8(x[:grid_n]) for x in (inp, recon, target)]

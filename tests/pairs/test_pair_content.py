@@ -165,3 +165,30 @@ def test_encoded_pairs_render_the_encoders_code_of_each_photo(dataset, tmp_path)
     ):
         with pytest.raises(PairsError, match=msg):
             generate(GenerateConfig(**{**cfg.__dict__, **bad}), progress=False, log=None)
+
+    # A feedback encoder runs its passes with the base rendering the codes between them.
+    F = encoder_for(
+        base, dict(channel_base=128, channel_max=16, head_channels=4, hidden=32, feedback=1,
+                   passes=2), 500,
+    )  # fmt: skip
+    with torch.no_grad():
+        F.to_delta.bias.normal_(0, 0.5)
+    fb = save_encoder(F, tmp_path / "fb.safetensors", {"file": "base", "sha256": ""})
+    fb_cfg = GenerateConfig(**{**cfg.__dict__, "encoder": str(fb), "out": str(tmp_path / "fbp")})
+    with pytest.raises(PairsError, match="give that generator as --base"):
+        generate(fb_cfg, progress=False, log=None)
+    base_file = tmp_path / "base.safetensors"
+    save_network(base, base_file)
+    generate(
+        GenerateConfig(**{**fb_cfg.__dict__, "base": str(base_file)}), progress=False, log=None
+    )
+    got = _read_shards(tmp_path / "fbp")
+    F = load_encoder(fb)
+    for k, name in enumerate(sorted(imgs)):
+        x = torch.from_numpy(imgs[name]).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            ws = F(x)
+            recon = base.synthesis(ws, noise_mode="const", force_fp32=True)
+            ws = F.codes(*F.parts(x, recon), start=ws)  # the second pass
+            want = _render(toon, ws)[0]
+        assert _max_diff(got[k]["dst.png"], want) <= 1, k

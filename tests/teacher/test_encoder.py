@@ -22,6 +22,7 @@ from teacher.encoder import (
     jpeg,
     load_encoder,
     save_encoder,
+    warm_start,
 )
 from teacher.encoder_train import EncoderConfig, EncoderLoss, draw_samples, make_config
 from teacher.encoder_train import training_loop as encoder_loop
@@ -86,6 +87,91 @@ def test_encoder_for_stores_the_generators_w_statistics(G):
 def test_encoder_rejects_resolutions_that_are_not_powers_of_two():
     with pytest.raises(ValueError, match="power of two"):
         Encoder(24, 6, 16)
+
+
+# -- feedback passes --------------------------------------------------------------------------
+
+FEEDBACK_ARCH = dict(TINY_ARCH, feedback=1, passes=3)
+
+
+def _render_const(G, ws):
+    with torch.no_grad():
+        return G.synthesis(ws, noise_mode="const", force_fp32=True)
+
+
+def test_feedback_passes_correct_the_code_from_the_render_of_the_previous_one(G):
+    E = encoder_for(G, FEEDBACK_ARCH, samples=1000)
+    with torch.no_grad():
+        E.to_delta.bias.normal_(0, 0.2)
+    # The first pass reads the generator's render of w_avg (computed here independently).
+    mean_face = _render_const(G, E.w_avg.reshape(1, 1, -1).repeat(1, G.num_ws, 1))[0]
+    torch.testing.assert_close(E.avg_image, mean_face)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(E.invert(x, G, 1), E(x))
+        base, delta = E.parts(x, mean_face.expand(2, -1, -1, -1))
+        ws = E.w_avg + E.w_std * (base[:, None] + delta)
+        for _ in range(2):  # ws_{t+1} = ws_t + w_std * (base + delta)(image, G(ws_t))
+            base, delta = E.parts(x, _render_const(G, ws))
+            ws = ws + E.w_std * (base[:, None] + delta)
+        torch.testing.assert_close(E.invert(x, G), ws)  # 3 passes: the encoder's default
+        # The render input matters: another render gives another correction.
+        other = E.parts(x, _render_const(G, ws))[0]
+        assert not torch.allclose(other, E.parts(x, -_render_const(G, ws))[0])
+    with pytest.raises(ValueError, match="need the generator"):
+        E.invert(x, None, 2)
+    one_pass = encoder_for(G, TINY_ARCH, samples=200)
+    with pytest.raises(ValueError, match="one pass"):
+        one_pass.invert(x, G, 2)
+    with pytest.raises(ValueError, match="no feedback input"):
+        one_pass.parts(x, x)
+    with pytest.raises(ValueError, match="needs feedback=1"):
+        Encoder(32, G.num_ws, G.w_dim, passes=2)
+
+
+def test_warm_start_gives_a_feedback_encoder_the_first_pass_of_a_one_pass_one(G):
+    one = encoder_for(G, TINY_ARCH, samples=500)
+    with torch.no_grad():
+        one.to_delta.bias.normal_(0, 0.2)
+        one.fc.weight.mul_(1.5)
+    fb = encoder_for(G, FEEDBACK_ARCH, samples=500)
+    assert warm_start(fb, one.state_dict()) == ["fromrgb.weight"]
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(fb(x), one(x), rtol=0, atol=1e-6)
+        assert not torch.allclose(fb.invert(x, G, 2), one(x))  # later passes do move it
+    wide = encoder_for(G, dict(TINY_ARCH, hidden=96), samples=200)
+    with pytest.raises(ValueError, match="fc.weight"):
+        warm_start(wide, one.state_dict())
+
+
+def test_feedback_encoder_files_round_trip_and_older_files_load_as_one_pass(G, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    E = encoder_for(G, FEEDBACK_ARCH, samples=300)
+    with torch.no_grad():
+        E.to_delta.bias.normal_(0, 0.2)
+    path = save_encoder(E, tmp_path / "fb.safetensors", {"file": "g", "sha256": ""})
+    F = load_encoder(path)
+    assert F.feedback and F.passes == 3
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(F.invert(x, G), E.eval().invert(x, G), rtol=0, atol=0)
+    # A file written before feedback existed has no feedback/passes in its arch.
+    one = encoder_for(G, TINY_ARCH, samples=300)
+    new = save_encoder(one, tmp_path / "one.safetensors", {"file": "g", "sha256": ""})
+    with safe_open(str(new), framework="pt") as f:
+        meta = json.loads(f.metadata()["toon"])
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for key in ("feedback", "passes"):
+        del meta["arch"][key]
+    old = tmp_path / "old.safetensors"
+    save_file(state, str(old), metadata={"toon": json.dumps(meta)})
+    loaded = load_encoder(old)
+    assert not loaded.feedback and loaded.passes == 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), one.eval()(x), rtol=0, atol=0)
 
 
 # -- degradations -----------------------------------------------------------------------------
@@ -214,6 +300,34 @@ def test_encoder_loss_terms_against_a_hand_computation(G, tmp_path):
     torch.testing.assert_close(total.detach(), want)
 
 
+def test_encoder_loss_of_several_passes_is_the_mean_of_each_pass_from_the_last(G, tmp_path):
+    cfg = _cfg(tmp_path, dfeat_weight=0.0, latent_weight=1.5, delta_weight=0.2, passes=2)
+    E = encoder_for(G, cfg.arch(), samples=500)
+    with torch.no_grad():
+        E.to_delta.bias.normal_(0, 0.1)
+    ws, target, inp = draw_samples(G, cfg, seed=2, n=3, device=torch.device("cpu"))
+    total, terms = EncoderLoss(G, None, cfg, E.w_std, torch.device("cpu"))(E, ws, target, inp)
+
+    def pass_loss(start, recon):
+        base, delta = E.parts(inp, recon)
+        pred = (E.w_avg if start is None else start) + E.w_std * (base[:, None] + delta)
+        img = _render_const(G, pred)
+        image = sum(
+            ((torch.nn.functional.avg_pool2d(img, k) - torch.nn.functional.avg_pool2d(target, k))
+             ** 2).flatten(1).mean(1)
+            for k in (1, 2)  # the pyramid of a 32 px image: 32 and 16 px
+        ).mean()  # fmt: skip
+        loss = 1.5 * (((pred - ws) / E.w_std) ** 2).mean() + image + 0.2 * (delta**2).mean()
+        return loss, pred, img
+
+    with torch.no_grad():
+        first, pred, img = pass_loss(None, None)
+        second, _, img2 = pass_loss(pred, img)
+    torch.testing.assert_close(total.detach(), (first + second) / 2)
+    torch.testing.assert_close(terms["psnr_db"], psnr(img2, target).mean())
+    torch.testing.assert_close(terms["first_psnr_db"], psnr(img, target).mean())
+
+
 def test_training_improves_the_codes_and_resumes_exactly(G, tmp_path):
     cfg = _cfg(tmp_path, kimg=0.192, tick_kimg=0.064, snap=3, dfeat_weight=0.0)
     fresh = encoder_for(G, cfg.arch())
@@ -260,6 +374,32 @@ def test_cli_train_writes_a_run_and_refuses_a_changed_config(tmp_path, capsys):
     assert main(["encoder", "train", "--network", str(tmp_path / "nope.safetensors"),
                  "--outdir", str(tmp_path / "x"), "--preset", "tiny", "--quiet"]) == 1  # fmt: skip
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_cli_trains_a_feedback_encoder_from_a_one_pass_one(G, tmp_path, capsys):
+    one = _trained_encoder(tmp_path)
+    argv = ["encoder", "train", "--network", str(tiny_teacher_file()), "--preset", "tiny"]
+    argv += ["--kimg", "0.032", "--tick-kimg", "0.032", "--batch", "8", "--quiet"]
+    argv += ["--channel-base", "256", "--channel-max", "32", "--head-channels", "4"]
+    argv += ["--hidden", "64", "--dfeat-weight", "0", "--eval-n", "8"]
+    out = tmp_path / "fb"
+    assert main([*argv, "--passes", "2", "--init", str(one), "--outdir", str(out)]) == 0
+    assert "weights from" in capsys.readouterr().err
+    fb = load_encoder(out / "encoder.safetensors")
+    assert fb.feedback and fb.passes == 2
+    stats = json.loads((out / "stats.jsonl").read_text().splitlines()[-1])
+    assert {"Loss/first_psnr_db", "Eval/first_psnr_db", "Eval/psnr_db"} <= set(stats)
+    # An encoder of another architecture cannot start the run.
+    bad = [*argv, "--hidden", "96", "--passes", "2", "--init", str(one)]  # the last --hidden wins
+    assert main([*bad, "--outdir", str(tmp_path / "bad")]) == 1
+    assert "--init" in capsys.readouterr().err
+
+
+def _feedback_encoder(G, tmp_path: Path) -> Path:
+    E = encoder_for(G, FEEDBACK_ARCH, samples=500)
+    with torch.no_grad():
+        E.to_delta.bias.normal_(0, 0.2)
+    return save_encoder(E, tmp_path / "fb.safetensors", {"file": "g", "sha256": ""})
 
 
 # -- the projector's start --------------------------------------------------------------------
@@ -318,6 +458,34 @@ def test_cli_project_with_an_encoder(G, tmp_path, capsys):
     no_enc = ["project", "--network", str(tiny_teacher_file()), "--target", str(faces)]
     assert main([*no_enc, "--aligned", "--steps", "0", "--outdir", str(tmp_path / "x")]) == 1
     assert "--steps 0" in capsys.readouterr().err
+
+
+def test_cli_project_runs_the_passes_of_a_feedback_encoder(G, tmp_path, capsys):
+    fb = _feedback_encoder(G, tmp_path)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    crops = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    for i, c in enumerate(crops):
+        Image.fromarray(c).save(faces / f"f{i}.png")
+    argv = ["project", "--network", str(tiny_teacher_file()), "--target", str(faces), "--aligned"]
+    argv += ["--steps", "0", "--device", "cpu"]
+
+    def codes(out: str, *extra: str) -> np.ndarray:
+        assert main([*argv, "--encoder", str(fb), *extra, "--outdir", str(tmp_path / out)]) == 0
+        return np.load(tmp_path / out / "projected_w.npz")["w"]
+
+    E = load_encoder(fb)
+    three = codes("p3")
+    assert "after 3 pass(es)" in capsys.readouterr().err
+    np.testing.assert_allclose(three, encode_images(E, crops, G=G).numpy(), atol=1e-5)
+    one = codes("p1", "--passes", "1")
+    np.testing.assert_allclose(one, encode_images(E, crops, passes=1).numpy(), atol=1e-5)
+    assert np.abs(one - three).max() > 0.01
+    single = _trained_encoder(tmp_path)
+    assert main([*argv, "--encoder", str(single), "--passes", "2", "--outdir", "x"]) == 1
+    assert "makes one pass" in capsys.readouterr().err
+    assert main([*argv[:-4], "--steps", "5", "--passes", "2", "--outdir", "x"]) == 1
+    assert "needs --encoder" in capsys.readouterr().err
 
 
 def test_training_with_photos_uses_them_without_codes(G, tmp_path):
