@@ -92,6 +92,23 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
         "draws the same face in both models (0: train every block, the default)",
     )
     p.add_argument(
+        "--structure-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="structure loss: W x the squared difference between the model's and the base's "
+        "renders of the same w, downsampled to 4 .. --structure-res px, so the coarse layout "
+        "and colours of a face stay the base's while the detail learns the new style "
+        "(0: off, the default)",
+    )
+    p.add_argument(
+        "--structure-res",
+        type=int,
+        default=None,
+        metavar="RES",
+        help="largest resolution the structure loss compares (default 16)",
+    )
+    p.add_argument(
         "--noise-mode",
         choices=["random", "const", "none"],
         default=None,
@@ -147,6 +164,8 @@ def config_from_args(args: argparse.Namespace, resolution: int, gpus: int) -> Tr
         "freezed": args.freezed,
         "freezeg": args.freezeg,
         "freeze_mapping": args.freeze_mapping,
+        "structure_weight": args.structure_weight,
+        "structure_res": args.structure_res,
         "noise_mode": args.noise_mode,
         "seed": args.seed,
         "workers": args.workers,

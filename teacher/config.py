@@ -75,6 +75,8 @@ class TrainConfig:
     fresh_d: bool = False  # start D from random weights (required when --base holds no D)
     freezeg: int = 0  # keep the generator's blocks up to this resolution at the base's weights
     freeze_mapping: bool = False  # keep the mapping network at the base's weights
+    structure_weight: float = 0.0  # weight of the structure loss against the base (0: off)
+    structure_res: int = 16  # the structure loss compares renders downsampled to 4 .. this
 
     # Schedule
     kimg: float = 40.0
@@ -107,7 +109,13 @@ class TrainConfig:
 
 
 # Fields added since older run directories were written, with the behaviour those runs had.
-ADDED_FIELDS: dict[str, Any] = {"fresh_d": False, "freezeg": 0, "freeze_mapping": False}
+ADDED_FIELDS: dict[str, Any] = {
+    "fresh_d": False,
+    "freezeg": 0,
+    "freeze_mapping": False,
+    "structure_weight": 0.0,
+    "structure_res": 16,
+}
 
 # Values from NVIDIA's stylegan2-ada-pytorch train.py (cfg_specs); fmaps -> channel_base.
 PRESETS: dict[str, dict[str, Any]] = {

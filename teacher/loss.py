@@ -1,4 +1,12 @@
-"""StyleGAN2 losses: non-saturating logistic, lazy R1, path-length regularization, style mixing.
+"""StyleGAN2 losses: non-saturating logistic, lazy R1, path-length regularization, style mixing,
+and an optional structure loss for fine-tuning.
+
+The structure loss (after Back 2021, "Fine-tuning StyleGAN2 for cartoon face generation")
+keeps a fine-tuned generator's coarse image close to its base's for the same w: the squared
+difference of the two renders, each area-downsampled to 4, 8, .. ``structure_res`` px (mean
+over pixels and channels, summed over the resolutions). The base renders with constant noise
+and gets no gradient. Unlike freezing blocks, it constrains what the image looks like at low
+resolution, not which weights may move.
 
 The random inputs of a step (latents, mixing latents and cut-offs, path-length noise) are drawn
 by the training loop for the *global* batch and sliced per process, so a step's result does not
@@ -15,6 +23,19 @@ import torch
 import torch.nn.functional as F
 
 from teacher.networks import Discriminator, Generator
+
+
+def structure_distance(img: torch.Tensor, ref: torch.Tensor, max_res: int) -> torch.Tensor:
+    """Per image: the mean squared difference of ``img`` and ``ref`` area-downsampled to 4, 8,
+    .. ``max_res`` px (at most their own size), summed over those resolutions."""
+    total = img.new_zeros([img.shape[0]])
+    res = 4
+    while res <= min(max_res, img.shape[2]):
+        a = F.adaptive_avg_pool2d(img.float(), res)
+        b = F.adaptive_avg_pool2d(ref.float(), res)
+        total = total + (a - b).square().flatten(1).mean(1)
+        res *= 2
+    return total
 
 
 @dataclass
@@ -45,6 +66,9 @@ class StyleGAN2Loss:
         pl_decay: float,
         noise_mode: str = "random",
         force_fp32: bool = False,
+        structure_ref: Generator | None = None,
+        structure_weight: float = 0.0,
+        structure_res: int = 16,
     ) -> None:
         self.G = G
         self.D = D
@@ -57,6 +81,10 @@ class StyleGAN2Loss:
         self.pl_mean = torch.zeros([], device=next(G.parameters()).device)
         self.w_sum: torch.Tensor | None = None
         self.w_count = 0
+        self.structure_ref = structure_ref
+        self.structure_weight = structure_weight
+        self.structure_res = structure_res
+        self.last_structure: float | None = None  # the structure term of the last g_main
 
     def run_G(self, draw: LatentDraw, ws_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         ws = self.G.mapping(draw.z, draw.c, update_w_avg=False)
@@ -77,10 +105,21 @@ class StyleGAN2Loss:
         return self.D(img, c, force_fp32=self.force_fp32)
 
     def g_main(self, draw: LatentDraw, denom: float) -> torch.Tensor:
-        """Non-saturating generator loss ``softplus(-D(G(z)))``, summed / ``denom``."""
-        img, _ = self.run_G(draw)
+        """Non-saturating generator loss ``softplus(-D(G(z)))``, plus ``structure_weight`` x
+        the structure distance to the base's render when a reference is set, summed /
+        ``denom``."""
+        img, ws = self.run_G(draw)
         logits = self.run_D(img, draw.c)
-        return F.softplus(-logits).sum() / denom
+        loss = F.softplus(-logits).sum()
+        if self.structure_ref is not None and self.structure_weight > 0:
+            with torch.no_grad():
+                ref = self.structure_ref.synthesis(
+                    ws.detach(), noise_mode="const", force_fp32=self.force_fp32
+                )
+            dist = structure_distance(img, ref, self.structure_res)
+            self.last_structure = float(dist.detach().mean())
+            loss = loss + self.structure_weight * dist.sum()
+        return loss / denom
 
     def g_pl(
         self, draw: LatentDraw, pl_noise: torch.Tensor, denom: float

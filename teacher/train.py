@@ -300,9 +300,20 @@ def training_loop(
         data.check_all()
     G, D, G_ema, source = _build_networks(cfg, data.resolution, data.label_dim, device)
     aug = _make_augment(cfg, device)
+    structure_ref = None
+    if cfg.structure_weight > 0:
+        if not cfg.base:
+            raise TrainError(
+                "--structure-weight compares the model with its base: give --base (or drop it)"
+            )
+        if cfg.structure_res < 4:
+            raise TrainError(f"--structure-res must be at least 4, got {cfg.structure_res}")
+        # The base's G_ema as it was loaded (resume states hold the moved G_ema, not this).
+        structure_ref = copy.deepcopy(G_ema).eval().requires_grad_(False)
     loss = StyleGAN2Loss(
-        G, D, aug, cfg.r1_gamma, cfg.pl_weight, cfg.pl_decay, cfg.noise_mode, force_fp32
-    )
+        G, D, aug, cfg.r1_gamma, cfg.pl_weight, cfg.pl_decay, cfg.noise_mode, force_fp32,
+        structure_ref, cfg.structure_weight, cfg.structure_res,
+    )  # fmt: skip
     if cfg.batch_gpu:
         batch_gpu, why = cfg.batch_gpu, "--batch-gpu"
     else:
@@ -434,6 +445,8 @@ def training_loop(
                 lg = loss.g_main(draw.slice(start, start + batch_gpu), denom=cfg.batch)
                 lg.backward()
                 add("Loss/G/loss", lg.item() * cfg.batch / batch_gpu)
+                if loss.last_structure is not None:
+                    add("Loss/G/structure", loss.last_structure)
             _sum_grads(G, di.world)
             opt_G.step()
             loss.update_w_avg(di.world)

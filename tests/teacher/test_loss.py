@@ -162,3 +162,59 @@ def test_generator_step_of_the_loop_lowers_the_generator_loss(tmp_path: Path) ->
 
     before, after = g_loss(G0), g_loss(G1)
     assert after < before, (before, after)
+
+
+def test_structure_term_is_the_weighted_distance_of_downsampled_renders_to_the_base() -> None:
+    """softplus(-D(G(w))) + weight x sum over 4, 8 px of the mean squared difference between
+    G(w) and the reference's G_ref(w), both box-averaged to that size; the reference gets no
+    gradient."""
+    G, D = _nets()
+    ref = randomize_(tiny_generator(), seed=5).requires_grad_(True)
+    draw = _draw(G)
+    loss = _loss(G, D, structure_ref=ref, structure_weight=3.0, structure_res=8)
+    got = loss.g_main(draw, denom=8.0)
+    ws = G.mapping(draw.z, draw.c)
+    img = G.synthesis(ws, noise_mode="const")
+    with torch.no_grad():
+        ref_img = ref.synthesis(ws, noise_mode="const")
+    side = img.shape[2]
+    dist = sum(
+        (F.avg_pool2d(img, side // r) - F.avg_pool2d(ref_img, side // r)).square().mean((1, 2, 3))
+        for r in (4, 8)
+    )
+    expected = (F.softplus(-D(img, draw.c)).sum() + 3.0 * dist.sum()) / 8.0
+    torch.testing.assert_close(got, expected, **TOL)
+    assert loss.last_structure == pytest.approx(float(dist.detach().mean()), rel=1e-5)
+    got.backward()
+    assert all(p.grad is None for p in ref.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.synthesis.parameters())
+    plain = _loss(G, D).g_main(draw, denom=8.0)  # no reference: the plain loss
+    assert float(got) > float(plain)
+
+
+def test_structure_loss_keeps_the_fine_tuned_model_closer_to_its_base(tmp_path: Path) -> None:
+    """The same short fine-tune with and without a strong structure loss: with it, G's renders
+    downsampled to 8 px stay nearer the base's, and it is refused without a base."""
+    from teacher.loss import structure_distance
+    from teacher.train import TrainError
+
+    z = torch.randn([64, 64], generator=torch.Generator().manual_seed(4))
+    dists = {}
+    for name, weight in (("plain", 0.0), ("structure", 200.0)):
+        cfg = tiny_cfg(tmp_path, name, kimg=0.032, tick_kimg=0.032, glr=0.01,
+                       structure_weight=weight, structure_res=8)  # fmt: skip
+        training_loop(cfg, progress=False)
+        blob = torch.load(Path(cfg.outdir) / "resume-state.pt", map_location="cpu")
+        G0 = load_generator(cfg.base, which="G_ema").requires_grad_(False)
+        G1 = load_generator(cfg.base, which="G").requires_grad_(False)
+        G1.load_state_dict(blob["G"])
+        with torch.no_grad():
+            ws = G0.mapping(z[:, : G0.z_dim], None)
+            a = G0.synthesis(ws, noise_mode="const", force_fp32=True)
+            b = G1.synthesis(ws, noise_mode="const", force_fp32=True)
+        dists[name] = float(structure_distance(b, a, 8).mean())
+        stats = (Path(cfg.outdir) / "stats.jsonl").read_text()
+        assert ("Loss/G/structure" in stats) == (weight > 0)
+    assert dists["structure"] < 0.7 * dists["plain"], dists
+    with pytest.raises(TrainError, match="give --base"):
+        training_loop(tiny_cfg(tmp_path, "nobase", base="", structure_weight=1.0), progress=False)
