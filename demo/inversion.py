@@ -116,16 +116,21 @@ def inversion_table(
             for i in range(n):  # one photo at a time: the latency a user sees
                 E.invert(target[i : i + 1], G, k)
         enc_one_s = time.perf_counter() - t
-        name = "encoder alone" if E.passes == 1 else f"encoder, {k} pass{'es' * (k > 1)}"
+        name = f"encoder alone, {k} pass{'es' * (k > 1)}"
         add(name, render(codes), enc_s, seconds_per_photo_batch1=round(enc_one_s / n, 5))
     for k in refine_steps:
         t = time.perf_counter()
         res = project(G, target, ProjectConfig(steps=k, **REFINE, **cfg), D=D, init_ws=codes)
         add(f"encoder + {k} steps", res.images, enc_s + time.perf_counter() - t)
-    for k in (min(refine_steps), project_steps):  # from w_avg: the same budget, and the full one
+    # From w_avg: the same budget with the refinement's loss terms, and the full projection.
+    same = dict(cfg, dfeat_weight=REFINE["dfeat_weight"])
+    for k, extra, label in (
+        (min(refine_steps), same, " (refinement's terms)"),
+        (project_steps, cfg, ""),
+    ):
         t = time.perf_counter()
-        res = project(G, target, ProjectConfig(steps=k, **cfg), D=D)
-        add(f"projection {k} steps from w_avg", res.images, time.perf_counter() - t)
+        res = project(G, target, ProjectConfig(steps=k, **extra), D=D)
+        add(f"projection {k} steps from w_avg{label}", res.images, time.perf_counter() - t)
     proj = rows[f"projection {project_steps} steps from w_avg"]
     for row in rows.values():
         if row["seconds_per_photo"] > 0:
@@ -139,6 +144,8 @@ def inversion_table(
         "encoder": encoder_file.name,
         "photo_identity_error": round(float(photo_err), 4) if judges is not None else None,
         "threads": torch.get_num_threads(),
+        "encoder_passes": E.passes,
+        "encoder_row": f"encoder alone, {E.passes} pass{'es' * (E.passes > 1)}",
         "methods": rows,
     }
     from common.images import make_grid
@@ -276,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         "--refine-steps", type=int, default=0, help="refine the codes by projection first"
     )
     ps.add_argument("--out", default=str(REPO / "demo" / "out-inversion"))
+    for sp in (pt, ps):
+        sp.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

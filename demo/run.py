@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     encoder = REPO / "demo" / "assets" / "encoder32.safetensors"
     if encoder.exists() and size == 32:  # the same photos, coded by the shipped encoder
-        argv = ["generate", "--toon", str(blended), "--encoder", str(encoder)]
+        argv = ["generate", "--base", str(base), "--toon", str(blended), "--encoder", str(encoder)]
         argv += ["--photos", str(held), "--device", "cpu", "--out", str(out / "pairs-encoded")]
         run("toon-pairs", pairs_main, argv)
     run(
