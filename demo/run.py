@@ -6,7 +6,8 @@ Stages (each uses the project's own commands; outputs under ``--out``, default `
    procedural photo-style faces by this project's ``toon-teacher finetune`` (command in
    ``demo/README.md``);
 2. ADA fine-tuning on 2000 procedural game-style faces that keeps the base's mapping network and
-   its blocks up to 8 px (``--freezeg 8 --freeze-mapping``), so a w keeps drawing the same face;
+   its blocks up to 8 px (``--freezeg 8 --freeze-mapping``), so a w keeps drawing the same face
+   (a structure loss instead, ``Scale.structure_weight``, measured worse: demo/README.md);
 3. blending (layer swapping) at the level and direction ``toon-teacher blend-search`` recommends
    with the offline judges (``demo/judges.py``) as its style and identity networks, and the
    blend grid over levels;
@@ -66,6 +67,8 @@ class Scale:
     outcome_faces: int  # held-out scenes of the outcome measurement
     oracle_pairs: int  # true pairs of the oracle (a measuring instrument, never shipped)
     oracle_kimg: float
+    structure_weight: float = 0.0  # fine-tuning's structure loss against the base (0: off)
+    structure_res: int = 8  # ... comparing renders downsampled to 4 .. this
 
 
 SCALES = {
@@ -193,7 +196,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 2. fine-tune on game-style faces -----------------------------------------------------
     t = time.time()
-    log(f"2/9 ADA fine-tuning on {scale.game_faces} game-style faces (coarse blocks kept)")
+    keep = (
+        f"structure loss up to {scale.structure_res} px"
+        if scale.structure_weight
+        else f"blocks up to {scale.freezeg} px kept"
+        if scale.freezeg
+        else "every block trained"
+    )
+    log(f"2/9 ADA fine-tuning on {scale.game_faces} game-style faces ({keep})")
     game = out / "data" / "game"
     write_dataset(game, scale.game_faces, "game", seed=2000, size=size)
     ft = out / "finetune"
@@ -226,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             "--outdir",
             str(ft),
             *(["--freezeg", str(scale.freezeg), "--freeze-mapping"] if scale.freezeg else []),
+            *(
+                ["--structure-weight", str(scale.structure_weight)]
+                + ["--structure-res", str(scale.structure_res)]
+                if scale.structure_weight
+                else []
+            ),
         ],
     )
     finetuned = sorted(ft.glob("network-snapshot-*.safetensors"))[-1]

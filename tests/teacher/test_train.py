@@ -288,12 +288,17 @@ def test_finetune_cli_dry_run_and_errors(tmp_path, capsys):
             "scale,xflip,noise",
             "--freezed",
             "10",
+            "--structure-weight",
+            "5",
+            "--structure-res",
+            "32",
             "--dry-run",
         ]
     )
     assert rc == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["batch"] == 64 and cfg["target"] == 0.5 and cfg["freezed"] == 10
+    assert cfg["structure_weight"] == 5.0 and cfg["structure_res"] == 32
     assert cfg["augpipe"] == "scale,xflip,noise" and cfg["mirror"] is True
     assert not (tmp_path / "r").exists()
     rc = main(["finetune", "--data", str(tmp_path / "nope"), "--outdir", str(tmp_path / "r")])
