@@ -10,10 +10,10 @@ its metadata; ``toon-student train`` has one flag per field.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from common.config import RunConfig
 
 GAN_LOSSES = ("hinge", "lsgan")
 AMP_MODES = ("bf16", "fp16", "none")
@@ -24,7 +24,7 @@ def _f(default: Any, help: str) -> Any:
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(RunConfig):
     """Everything that determines a student training run (``config.json`` in the run dir).
 
     Batch sizes count pairs; ``batch`` is the global batch, split evenly over processes.
@@ -94,30 +94,6 @@ class StudentConfig:
     snap: int = _f(10, "ticks between snapshots (student file, held-out metrics, grid)")
     eval_pairs: int = _f(64, "held-out pairs scored at every snapshot (0: none)")
     grid_pairs: int = _f(8, "rows of the src | student | teacher grid at every snapshot")
-
-    def to_json(self) -> str:
-        """The config as sorted, indented JSON (what ``config.json`` holds)."""
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StudentConfig:
-        """Build from a dict (e.g. a ``config.json``); unknown fields are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields {sorted(unknown)}")
-        d = dict(d)
-        if isinstance(d.get("betas"), list):
-            d["betas"] = tuple(d["betas"])
-        cfg = cls(**d)
-        cfg.check()
-        return cfg
-
-    def replace(self, **changes: Any) -> StudentConfig:
-        """A copy with some fields changed."""
-        cfg = dataclasses.replace(self, **changes)
-        cfg.check()
-        return cfg
 
     def check(self) -> None:
         """Raise ValueError on values that cannot work."""

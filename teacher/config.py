@@ -11,22 +11,23 @@ scratch; when fine-tuning, the networks keep the architecture of ``--base`` and 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from common.config import RunConfig
 from common.runs import default_workers
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything that determines a fine-tuning run (stored as ``config.json`` in the run dir).
 
     Batch sizes count images. ``batch`` is the global batch; ``batch_gpu`` the per-process
     chunk (gradient accumulation when ``batch_gpu * processes < batch``); results do not depend
     on ``batch_gpu`` or the process count (the loss is a mean over the global batch).
     """
+
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("betas", "metrics")
 
     # Data and networks
     data: str = ""
@@ -88,24 +89,6 @@ class TrainConfig:
     inception: str = ""
     vgg16: str = ""
     grid_seeds: int = 16
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields {sorted(unknown)}")
-        d = dict(d)
-        for key in ("betas", "metrics"):
-            if key in d and isinstance(d[key], list):
-                d[key] = tuple(d[key])
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
 
 
 # Fields added since older run directories were written, with the behaviour those runs had.

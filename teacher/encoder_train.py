@@ -45,7 +45,6 @@ error on fixed samples), ``grid{kimg}.png`` (input | reconstruction | target),
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -57,6 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.config import RunConfig
 from common.files import file_sha256
 from common.images import make_grid, save_png
 from common.runs import (
@@ -83,7 +83,7 @@ from teacher.sample import to_uint8
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(RunConfig):
     """Everything that determines an encoder training run (``config.json`` in the run dir)."""
 
     network: str = ""  # the generator whose W the encoder codes (and whose D gives features)
@@ -134,28 +134,6 @@ class EncoderConfig:
     snap: int = 10
     eval_n: int = 64
     grid_n: int = 8
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields {sorted(unknown)}")
-        d = dict(d)
-        if isinstance(d.get("betas"), list):
-            d["betas"] = tuple(d["betas"])
-        cfg = cls(**d)
-        cfg.check()
-        return cfg
-
-    def replace(self, **changes: Any) -> EncoderConfig:
-        """A copy with some fields changed (checked)."""
-        cfg = dataclasses.replace(self, **changes)
-        cfg.check()
-        return cfg
 
     def check(self) -> None:
         """Raise ValueError on values that cannot work."""
