@@ -67,9 +67,9 @@ def run(device: torch.device, repeats: int) -> dict:
     with torch.no_grad():
         enc1 = _best(lambda: E(x1), repeats, device)
         enc8 = _best(lambda: E(x8), repeats, device) / 8
-    Ef = encoder_for(G, {**cfg.arch(), "feedback": 1, "passes": 3}, samples=2000).to(device)
+    Ef = encoder_for(G, {**cfg.arch(), "feedback": 1, "passes": 3}, samples=2000).to(device).eval()
     with torch.no_grad():
-        fb3 = _best(lambda: Ef.eval().invert(x1, G), repeats, device)
+        fb3 = _best(lambda: Ef.invert(x1, G), repeats, device)
 
     loss = EncoderLoss(G, None, cfg.replace(dfeat_weight=0.0), E.w_std, device)
     E.train()

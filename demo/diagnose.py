@@ -261,8 +261,7 @@ def teacher_chain(demo_out: Path, size: int, oracle: Model | None = None) -> dic
     """Projection, blend levels (both directions), student fidelity on renders vs photos."""
     import torch
 
-    from demo.run import SCALES, base_checkpoint
-    from demo.synthetic import item_params, render
+    from demo.run import SCALES, base_checkpoint, heldout_face
     from teacher import load_generator
     from teacher.blend import blend_generators
 
@@ -273,10 +272,8 @@ def teacher_chain(demo_out: Path, size: int, oracle: Model | None = None) -> dic
     names = [str(n) for n in proj["names"]]
     truth, face_params = {}, {}
     for i in range(scale.heldout):
-        params, rng = item_params(5000, i)
-        params = params.without_jitter()
-        photo = render(params, "photo", size, rng)
-        truth[f"face{i:02d}"] = (photo, render(params, "game", size, rng))
+        params, photo, game = heldout_face(i, size)
+        truth[f"face{i:02d}"] = (photo, game)
         face_params[f"face{i:02d}"] = params
     keep = [k for k, n in enumerate(names) if Path(n).stem in truth]
     photos = np.stack([truth[Path(names[k]).stem][0] for k in keep])

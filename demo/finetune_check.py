@@ -30,21 +30,14 @@ import torch
 
 from demo.diagnose import REPO
 
-HELDOUT_SEED = 5000  # the demo's held-out faces (stage 4 projects the first of them)
-
 
 def held_out(n: int, size: int) -> tuple[np.ndarray, np.ndarray, list]:
-    """Photos, game-style truths and parameters of the first ``n`` held-out faces."""
-    from demo.synthetic import item_params, render
+    """Photos, game-style truths and parameters of the first ``n`` held-out faces (the demo's
+    held-out stream, :func:`demo.run.heldout_face`)."""
+    from demo.run import heldout_face
 
-    photos, games, params = [], [], []
-    for i in range(n):
-        p, rng = item_params(HELDOUT_SEED, i)
-        p = p.without_jitter()
-        photos.append(render(p, "photo", size, rng))
-        games.append(render(p, "game", size, rng))
-        params.append(p)
-    return np.stack(photos), np.stack(games), params
+    faces = [heldout_face(i, size) for i in range(n)]
+    return np.stack([f[1] for f in faces]), np.stack([f[2] for f in faces]), [f[0] for f in faces]
 
 
 def projected(base_file: Path, photos: np.ndarray, steps: int, work: Path) -> torch.Tensor:

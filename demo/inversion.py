@@ -172,7 +172,7 @@ def student_comparison(
     ``photos`` encoder-made real-photo pairs, through toon-infer's path (:mod:`demo.outcome`)."""
     from demo.diagnose import onnx_model, write_pairs_folder
     from demo.outcome import measure, oracle_asset, prepare, spread
-    from demo.run import SCALES, train_student
+    from demo.run import SCALES, base_checkpoint, train_student
     from demo.synthetic import write_dataset
     from export.cli import main as export_main
     from pairs.cli import main as pairs_main
@@ -189,13 +189,13 @@ def student_comparison(
     folder = write_dataset(work / "photos", photos, "photo", seed=PHOTOS_SEED, size=scale.size)
     (folder / "params.json").unlink()  # inputs only
     t = time.time()
+    base = base_checkpoint(scale)
     encoded = work / (f"pairs-encoded-refined{refine_steps}" if refine_steps else "pairs-encoded")
     argv = ["generate", "--toon", str(blended), "--photos", str(folder), "--device", "cpu"]
     if refine_steps:  # encoder codes refined by projection, then pairs from those latents
         from teacher.cli import main as teacher_main
 
         proj = work / f"projected-refined{refine_steps}"
-        base = REPO / "demo" / "assets" / "base32.safetensors"
         targv = ["project", "--network", str(base), "--target", str(folder), "--aligned"]
         targv += ["--encoder", str(encoder_file), "--steps", str(refine_steps), "--batch", "250"]
         targv += ["--device", "cpu", "--outdir", str(proj)]
@@ -203,7 +203,6 @@ def student_comparison(
             raise SystemExit("inversion: projection failed")
         argv += ["--latents", str(proj / "projected_w.npz")]
     else:
-        base = REPO / "demo" / "assets" / "base32.safetensors"
         argv += ["--encoder", str(encoder_file), "--base", str(base)]
     if pairs_main([*argv, "--out", str(encoded)]) != 0:
         raise SystemExit("inversion: encoded pair generation failed")

@@ -38,6 +38,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,19 @@ SCALES = {
         "smoke", 32, 64, 0.128, 0.064, 2, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15", 0, 1, 4, 256, 0.4
     ),
 }
+
+
+HELDOUT_SEED = 5000  # held-out photo-style faces (stage 4 projects the first of them)
+
+
+def heldout_face(i: int, size: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """``(params, photo, game-style truth)`` of held-out face ``i`` (no jitter)."""
+    from demo.synthetic import item_params, render
+
+    params, rng = item_params(HELDOUT_SEED, i)
+    params = params.without_jitter()
+    photo = render(params, "photo", size, rng)
+    return params, photo, render(params, "game", size, rng)
 
 
 def log(msg: str) -> None:
@@ -180,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     # (a demo fine-tune once slowed 50x after 10 kimg); flushing them costs no accuracy here.
     torch.set_flush_denormal(True)
 
-    from demo.synthetic import item_params, render, render_photo_scene, write_dataset
+    from demo.synthetic import item_params, render_photo_scene, write_dataset
     from export.cli import main as export_main
     from export.infer_cli import main as infer_main
     from pairs.cli import main as pairs_main
@@ -288,10 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     for i in range(scale.heldout):
-        params, rng = item_params(5000, i)
-        params = params.without_jitter()
-        photo = render(params, "photo", size, rng)
-        game_truth = render(params, "game", size, rng)
+        _params, photo, game_truth = heldout_face(i, size)
         name = f"face{i:02d}"
         Image.fromarray(photo).save(held / f"{name}.png")
         truth[name] = (photo, game_truth)

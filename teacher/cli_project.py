@@ -119,13 +119,10 @@ def _projection_setup(args: argparse.Namespace, G, network: str, device, prog: s
     if warning:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
     passes = E.passes if args.passes is None else args.passes
-    if passes < 1:
-        raise ValueError(f"--passes must be at least 1, got {passes}")
-    if passes > 1 and not E.feedback:
-        raise ValueError(
-            f"--passes {passes}: {Path(args.encoder).name} makes one pass (it has no feedback "
-            "input; toon-teacher encoder train --passes N trains one that has)"
-        )
+    try:
+        E.check_passes(passes)
+    except ValueError as e:
+        raise ValueError(f"--passes {passes}: {Path(args.encoder).name}: {e}") from None
     E = E.to(device)
     start = f"{Path(args.encoder).name} codes after {passes} pass(es)"
     print(f"{prog}: start = {start}, then {args.steps} refinement step(s)", file=sys.stderr)

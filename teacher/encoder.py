@@ -178,6 +178,16 @@ class Encoder(nn.Module):
         """The first pass: W+ codes ``[N, num_ws, w_dim]`` (offsets from ``w_avg``)."""
         return self.codes(*self.parts(img))
 
+    def check_passes(self, passes: int) -> None:
+        """Raise ValueError (one line) when this encoder cannot make ``passes`` passes."""
+        if passes < 1:
+            raise ValueError(f"passes must be at least 1, got {passes}")
+        if passes > 1 and not self.feedback:
+            raise ValueError(
+                f"the encoder makes one pass, not {passes} (it has no feedback input; "
+                "toon-teacher encoder train --passes N trains one that has)"
+            )
+
     def invert(
         self, img: torch.Tensor, G: torch.nn.Module | None = None, passes: int | None = None
     ) -> torch.Tensor:
@@ -185,10 +195,7 @@ class Encoder(nn.Module):
         corrects the code from the image and ``G``'s render of it (constant noise). ``G`` is
         the generator the encoder codes; it is needed for more than one pass."""
         passes = self.passes if passes is None else int(passes)
-        if passes < 1:
-            raise ValueError(f"passes must be at least 1, got {passes}")
-        if passes > 1 and not self.feedback:
-            raise ValueError(f"this encoder makes one pass (no feedback input), not {passes}")
+        self.check_passes(passes)
         if passes > 1 and G is None:
             raise ValueError(f"{passes} passes need the generator the encoder codes")
         ws = self(img)
