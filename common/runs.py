@@ -210,6 +210,14 @@ def kimg_bar(
     return KimgBar(total_nimg, cur_nimg, desc, peak, peak_label)
 
 
+def lr_factor(nimg: int, total_nimg: int, decay: float) -> float:
+    """Learning-rate multiplier of a run at ``nimg`` of ``total_nimg`` images: 1, then linear
+    to 0 over the last ``decay`` of the run."""
+    if decay <= 0 or total_nimg <= 0 or nimg < total_nimg * (1 - decay):
+        return 1.0
+    return max(0.0, (total_nimg - nimg) / (total_nimg * decay))
+
+
 def snapshot_tag(nimg: int) -> str:
     """``000040`` for 40 kimg (NVIDIA's naming); ``000000.064`` for fractional kimg."""
     return f"{nimg // 1000:06d}" if nimg % 1000 == 0 else f"{nimg / 1000:010.3f}"

@@ -46,6 +46,7 @@ from common.runs import (
     all_reduce_,
     kimg_bar,
     load_resume_state,
+    lr_factor,
     peak_label,
     peak_memory,
     prepare_run_dir,
@@ -67,17 +68,7 @@ from student.networks import (
 )
 from student.ops import augment_pair, uint8_to_float
 
-__all__ = ["lr_factor", "training_loop"]
-
-
-def lr_factor(nimg: int, total_nimg: int, decay: float) -> float:
-    """Learning-rate multiplier: 1, then linear to 0 over the last ``decay`` of the run."""
-    if decay <= 0 or total_nimg <= 0:
-        return 1.0
-    start = total_nimg * (1 - decay)
-    if nimg < start:
-        return 1.0
-    return max(0.0, (total_nimg - nimg) / (total_nimg * decay))
+__all__ = ["training_loop"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -73,6 +73,15 @@ class DownBlock(nn.Module):
         y = F.leaky_relu(self.norm0(self.conv0(x)), 0.2)
         y = F.leaky_relu(self.norm1(self.conv1(y)), 0.2)
         return (F.avg_pool2d(y, 2) + F.avg_pool2d(self.skip(x), 2)) * math.sqrt(0.5)
+
+
+class EncoderPass(NamedTuple):
+    """One pass of :meth:`Encoder.trace`: the per-layer ``delta`` (units of ``w_std``), the
+    W+ ``code`` after the pass and its render (None when not asked for)."""
+
+    delta: torch.Tensor
+    code: torch.Tensor
+    render: torch.Tensor | None
 
 
 class Encoder(nn.Module):
@@ -188,20 +197,46 @@ class Encoder(nn.Module):
                 "toon-teacher encoder train --passes N trains one that has)"
             )
 
+    def trace(
+        self,
+        img: torch.Tensor,
+        G: torch.nn.Module | None = None,
+        passes: int | None = None,
+        detach: bool = False,
+        render_last: bool = True,
+    ) -> Iterator[EncoderPass]:
+        """The passes one by one (:class:`EncoderPass`): the first pass, then each pass
+        corrects the code from the image and ``G``'s render of it (constant noise). ``G`` is
+        the generator the encoder codes (needed for more than one pass, or to render);
+        ``passes`` defaults to :attr:`passes`. ``detach``: each pass starts from the previous
+        code and render detached (training: every pass learns on its own). ``render_last``
+        False skips the last pass's render (its ``render`` is None)."""
+        passes = self.passes if passes is None else int(passes)
+        self.check_passes(passes)
+        if G is None and passes > 1:
+            raise ValueError(f"{passes} passes need the generator the encoder codes")
+        if G is None and render_last:
+            raise ValueError("rendering the codes needs the generator the encoder codes")
+        start = recon = None
+        for i in range(passes):
+            base, delta = self.parts(img, recon)
+            code = self.codes(base, delta, start)
+            last = i == passes - 1
+            recon = None
+            if not last or render_last:
+                recon = G.synthesis(code, noise_mode="const", force_fp32=True)
+            yield EncoderPass(delta, code, recon)
+            start = code.detach() if detach else code
+            if recon is not None and detach:
+                recon = recon.detach()
+
     def invert(
         self, img: torch.Tensor, G: torch.nn.Module | None = None, passes: int | None = None
     ) -> torch.Tensor:
-        """W+ codes after ``passes`` (default :attr:`passes`): the first pass, then each pass
-        corrects the code from the image and ``G``'s render of it (constant noise). ``G`` is
-        the generator the encoder codes; it is needed for more than one pass."""
-        passes = self.passes if passes is None else int(passes)
-        self.check_passes(passes)
-        if passes > 1 and G is None:
-            raise ValueError(f"{passes} passes need the generator the encoder codes")
-        ws = self(img)
-        for _ in range(passes - 1):
-            recon = G.synthesis(ws, noise_mode="const", force_fp32=True)
-            ws = self.codes(*self.parts(img, recon), start=ws)
+        """W+ codes after ``passes`` (default :attr:`passes`; see :meth:`trace`). ``G`` is
+        needed for more than one pass."""
+        for step in self.trace(img, G, passes, render_last=False):
+            ws = step.code
         return ws
 
 

@@ -68,6 +68,7 @@ from common.runs import (
     all_reduce_,
     kimg_bar,
     load_resume_state,
+    lr_factor,
     peak_label,
     peak_memory,
     prepare_run_dir,
@@ -263,13 +264,6 @@ def _eval_seed(cfg: EncoderConfig) -> int:
     return (cfg.seed * 1_000_003 + 2**40 + 1) % (2**63 - 1)
 
 
-def lr_factor(nimg: int, total: int, decay: float) -> float:
-    """1, then linear to 0 over the last ``decay`` of the run."""
-    if decay <= 0 or total <= 0 or nimg < total * (1 - decay):
-        return 1.0
-    return max(0.0, (total - nimg) / (total * decay))
-
-
 class EncoderLoss:
     """The step loss of the module docstring; ``__call__`` returns (total, terms)."""
 
@@ -282,46 +276,34 @@ class EncoderLoss:
         """The loss of samples with known codes ``ws``, or of photos (``ws`` None: no latent
         term): the mean over the encoder's passes. The terms are the last pass's, plus
         ``first_psnr_db`` when there are several."""
+        cfg = self.cfg
         with torch.no_grad():
             feats = self.image.features(target)
             vfeats = self.vgg.features(target) if self.vgg is not None else None
-        start = recon = None
         total = torch.zeros((), device=inp.device)
         first = None
-        for _ in range(E.passes):
-            loss, terms, pred, recon = self.one_pass(
-                E, ws, target, inp, start, recon, feats, vfeats
+        for step in E.trace(inp, self.G, detach=True):
+            recon = step.render
+            terms: dict[str, torch.Tensor] = {}
+            if ws is not None:
+                terms["latent"] = ((step.code - ws) / self.w_std).square().mean()
+            terms["image"] = self.image(feats, recon).mean()
+            if self.vgg is not None:
+                terms["vgg"] = self.vgg(vfeats, recon).mean()
+            terms["delta"] = step.delta.square().mean()
+            loss = (
+                cfg.latent_weight * terms.get("latent", torch.zeros(()))
+                + terms["image"]
+                + cfg.vgg_weight * terms.get("vgg", torch.zeros(()))
+                + cfg.delta_weight * terms["delta"]
             )
             total = total + loss / E.passes
-            start, recon = pred.detach(), recon.detach()
+            with torch.no_grad():
+                terms["psnr_db"] = psnr(recon, target).mean()
             first = terms["psnr_db"] if first is None else first
         if E.passes > 1:
             terms["first_psnr_db"] = first
         return total, terms
-
-    def one_pass(self, E: Encoder, ws, target, inp, start, recon, feats, vfeats):
-        """(loss, terms, code, render) of one pass from ``start`` and its render ``recon``
-        (None: the first pass); ``feats``/``vfeats``: the target's distance features."""
-        cfg = self.cfg
-        base, delta = E.parts(inp, recon)
-        pred = E.codes(base, delta, start)
-        recon = self.G.synthesis(pred, noise_mode="const", force_fp32=True)
-        terms: dict[str, torch.Tensor] = {}
-        if ws is not None:
-            terms["latent"] = ((pred - ws) / self.w_std).square().mean()
-        terms["image"] = self.image(feats, recon).mean()
-        if self.vgg is not None:
-            terms["vgg"] = self.vgg(vfeats, recon).mean()
-        terms["delta"] = delta.square().mean()
-        total = (
-            cfg.latent_weight * terms.get("latent", torch.zeros(()))
-            + terms["image"]
-            + cfg.vgg_weight * terms.get("vgg", torch.zeros(()))
-            + cfg.delta_weight * terms["delta"]
-        )
-        with torch.no_grad():
-            terms["psnr_db"] = psnr(recon, target).mean()
-        return total, terms, pred, recon
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,13 +552,9 @@ def evaluate(E: Encoder, G, samples, eval_n: int, grid_n: int) -> tuple[dict, np
     ``Eval/delta_rms`` of the last pass, and with several passes ``Eval/first_psnr_db``) and
     the input | reconstruction | target grid of the first ``grid_n``."""
     ws, target, inp = samples
-    start = recon = first = None
-    for _ in range(E.passes):
-        base, delta = E.parts(inp, recon)
-        pred = E.codes(base, delta, start)
-        recon = G.synthesis(pred, noise_mode="const", force_fp32=True)
-        start = pred
-        first = recon if first is None else first
+    steps = list(E.trace(inp, G))
+    delta, pred, recon = steps[-1]
+    first = steps[0].render
     figures = {}
     if eval_n > 0:
         n = eval_n

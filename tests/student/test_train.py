@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.runs import DistInfo, TrainError
+from common.runs import DistInfo, TrainError, lr_factor
 from student.config import PRESETS, make_config
 from student.evaluate import evaluate_student
-from student.train import lr_factor, training_loop
+from student.train import training_loop
 from tests.conftest import REPO, tiny_teacher_file
 from tests.pairs_fixture import write_pairs
 
