@@ -218,6 +218,47 @@ def lr_factor(nimg: int, total_nimg: int, decay: float) -> float:
     return max(0.0, (total_nimg - nimg) / (total_nimg * decay))
 
 
+class TickClock:
+    """A trainer's ticks: when one ends (every ``tick_kimg`` thousand images, and at the end)
+    and the progress, timing and memory figures of one that just did."""
+
+    def __init__(self, tick_kimg: float, cur_nimg: int) -> None:
+        self.tick_nimg = max(int(round(tick_kimg * 1000)), 1)
+        self.restart(cur_nimg)
+
+    def restart(self, cur_nimg: int) -> None:
+        """A new tick starts now, at ``cur_nimg`` images."""
+        self.start_nimg, self.start_time = cur_nimg, time.time()
+
+    def due(self, cur_nimg: int, done: bool) -> bool:
+        """Whether the tick ends at ``cur_nimg`` (always when the run is ``done``)."""
+        return done or cur_nimg >= self.start_nimg + self.tick_nimg
+
+    def figures(self, state: Mapping[str, Any], device: torch.device) -> dict[str, float]:
+        """``Progress/tick``, ``Progress/kimg``, ``Timing/sec_per_kimg``,
+        ``Timing/images_per_sec`` and the peak memory (CUDA: tensors; CPU: the process) of the
+        tick ending at ``state["cur_nimg"]``."""
+        seconds = max(time.time() - self.start_time, 1e-8)
+        kimg = (state["cur_nimg"] - self.start_nimg) / 1000
+        key = "gpu_mem" if device.type == "cuda" else "rss"
+        return {
+            "Progress/tick": state["tick"],
+            "Progress/kimg": state["cur_nimg"] / 1000,
+            "Timing/sec_per_kimg": seconds / max(kimg, 1e-8),
+            "Timing/images_per_sec": kimg * 1000 / seconds,
+            f"Resources/peak_{key}_gb": peak_memory(device) / 2**30,
+        }
+
+
+def log_stats(out: Path, writer: Any, stats: Mapping[str, float], nimg: int) -> None:
+    """Append ``stats`` as one line to ``out/stats.jsonl`` and as scalars at ``nimg`` to the
+    TensorBoard ``writer``."""
+    with open(out / "stats.jsonl", "a") as f:
+        f.write(json.dumps(dict(stats)) + "\n")
+    for k, v in stats.items():
+        writer.add_scalar(k, v, global_step=nimg)
+
+
 def snapshot_tag(nimg: int) -> str:
     """``000040`` for 40 kimg (NVIDIA's naming); ``000000.064`` for fractional kimg."""
     return f"{nimg // 1000:06d}" if nimg % 1000 == 0 else f"{nimg / 1000:010.3f}"

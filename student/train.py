@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +41,12 @@ from common.runs import (
     DistInfo,
     Interrupted,
     StopSignals,
+    TickClock,
     TrainError,
     all_reduce_,
     kimg_bar,
     load_resume_state,
+    log_stats,
     lr_factor,
     peak_label,
     peak_memory,
@@ -235,9 +236,7 @@ def training_loop(
     )
     batches = iter(loader)
 
-    tick_nimg = max(int(round(cfg.tick_kimg * 1000)), 1)
-    tick_start_nimg = state["cur_nimg"]
-    tick_start_time = time.time()
+    clock = TickClock(cfg.tick_kimg, state["cur_nimg"])
     sums: dict[str, torch.Tensor] = {}
     steps_in_tick = 0
     bar = None
@@ -349,26 +348,14 @@ def training_loop(
 
             # -- tick: stats, resume state, snapshot ---------------------------------------------
             done = state["cur_nimg"] >= total_nimg
-            if not done and state["cur_nimg"] < tick_start_nimg + tick_nimg:
+            if not clock.due(state["cur_nimg"], done):
                 continue
             state["tick"] += 1
             names = sorted(sums)
             means = _all_mean([float(sums[k]) / steps_in_tick for k in names], di.world, device)
             stats: dict[str, float] = dict(zip(names, means, strict=True))
-            now = time.time()
-            kimg_done = (state["cur_nimg"] - tick_start_nimg) / 1000
-            stats.update(
-                {
-                    "Progress/tick": state["tick"],
-                    "Progress/kimg": state["cur_nimg"] / 1000,
-                    "Progress/step": state["step"],
-                    "Progress/lr_factor": factor,
-                    "Timing/sec_per_kimg": (now - tick_start_time) / max(kimg_done, 1e-8),
-                }
-            )
-            stats["Timing/images_per_sec"] = kimg_done * 1000 / max(now - tick_start_time, 1e-8)
-            peak_key = "gpu_mem" if device.type == "cuda" else "rss"  # CUDA: tensors; CPU: process
-            stats[f"Resources/peak_{peak_key}_gb"] = peak_memory(device) / 2**30
+            stats.update(clock.figures(state, device))
+            stats.update({"Progress/step": state["step"], "Progress/lr_factor": factor})
             sums.clear()
             steps_in_tick = 0
             _check_in_sync(G, di.world, device)
@@ -408,10 +395,7 @@ def training_loop(
                                 global_step=state["cur_nimg"],
                                 dataformats="HWC",
                             )
-                    with open(out / "stats.jsonl", "a") as f:
-                        f.write(json.dumps(stats) + "\n")
-                    for k, v in stats.items():
-                        writer.add_scalar(k, v, global_step=state["cur_nimg"])
+                    log_stats(out, writer, stats, state["cur_nimg"])
                     _save_resume(
                         out / RESUME_FILE,
                         state,
@@ -421,8 +405,7 @@ def training_loop(
                     )
                     writer.flush()
                     saved_nimg = state["cur_nimg"]
-            tick_start_nimg = state["cur_nimg"]
-            tick_start_time = time.time()
+            clock.restart(state["cur_nimg"])
     except Interrupted as e:
         if bar is not None:
             bar.close()

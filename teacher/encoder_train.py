@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,10 +63,12 @@ from common.runs import (
     DistInfo,
     Interrupted,
     StopSignals,
+    TickClock,
     TrainError,
     all_reduce_,
     kimg_bar,
     load_resume_state,
+    log_stats,
     lr_factor,
     peak_label,
     peak_memory,
@@ -366,7 +367,6 @@ def training_loop(
     syn_sl = _rank_slice(n_syn, di.world, di.rank)
     real_sl = _rank_slice(n_real, di.world, di.rank)
     total_nimg = int(round(cfg.kimg * 1000))
-    tick_nimg = max(int(round(cfg.tick_kimg * 1000)), 1)
     writer = None
     eval_set = None
     if di.main:
@@ -408,7 +408,7 @@ def training_loop(
     sums: dict[str, float] = {}
     steps_in_tick = 0
     steps_this_call = 0
-    tick_start_nimg, tick_start_time = state["cur_nimg"], time.time()
+    clock = TickClock(cfg.tick_kimg, state["cur_nimg"])
     saved_nimg = state["cur_nimg"] if resuming else None
     stopped = False
     signals = StopSignals("encoder")
@@ -455,7 +455,7 @@ def training_loop(
 
             # -- tick: stats, resume state, snapshot -----------------------------------------
             done = state["cur_nimg"] >= total_nimg
-            if not done and state["cur_nimg"] < tick_start_nimg + tick_nimg:
+            if not clock.due(state["cur_nimg"], done):
                 continue
             state["tick"] += 1
             names = sorted(sums)
@@ -464,20 +464,8 @@ def training_loop(
             stats: dict[str, float] = {
                 f"Loss/{k}": float(v) for k, v in zip(names, means, strict=True)
             }
-            now = time.time()
-            kimg_done = (state["cur_nimg"] - tick_start_nimg) / 1000
-            stats.update(
-                {
-                    "Progress/tick": state["tick"],
-                    "Progress/kimg": state["cur_nimg"] / 1000,
-                    "Progress/step": state["step"],
-                    "Progress/lr_factor": factor,
-                    "Timing/sec_per_kimg": (now - tick_start_time) / max(kimg_done, 1e-8),
-                    f"Resources/peak_{'gpu_mem' if device.type == 'cuda' else 'rss'}_gb": (
-                        peak_memory(device) / 2**30
-                    ),
-                }
-            )
+            stats.update(clock.figures(state, device))
+            stats.update({"Progress/step": state["step"], "Progress/lr_factor": factor})
             sums.clear()
             steps_in_tick = 0
             snapshot = done or state["tick"] % max(cfg.snap, 1) == 0
@@ -504,14 +492,11 @@ def training_loop(
                                     "input_recon_target", grid, state["cur_nimg"], dataformats="HWC"
                                 )
                         E.train()
-                    with open(out / "stats.jsonl", "a") as f:
-                        f.write(json.dumps(stats) + "\n")
-                    for k, v in stats.items():
-                        writer.add_scalar(k, v, global_step=state["cur_nimg"])
+                    log_stats(out, writer, stats, state["cur_nimg"])
                     save_resume_state(out / RESUME_FILE, state, {"E": E, "opt": opt})
                     writer.flush()
                     saved_nimg = state["cur_nimg"]
-            tick_start_nimg, tick_start_time = state["cur_nimg"], time.time()
+            clock.restart(state["cur_nimg"])
     except Interrupted as e:
         if bar is not None:
             bar.close()

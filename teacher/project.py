@@ -68,6 +68,7 @@ class ProjectConfig:
     loss: str = "auto"  # "auto" (vgg when given, else pixel), "vgg", "pixel"
     pixel_weight: float = 1.0
     dfeat_weight: float = 0.1
+    pyramid: bool = True  # pixel loss: image pyramid down to 16 px, or full resolution only
     seed: int = 0
 
 
@@ -106,14 +107,20 @@ class VGGDistance:
 
 
 class PixelDistance:
-    """Multi-scale MSE plus optional discriminator block features (no download needed)."""
+    """Multi-scale MSE (or, with ``pyramid`` False, the full-resolution MSE alone) plus
+    optional discriminator block features (no download needed)."""
 
     def __init__(
-        self, D: Discriminator | None, pixel_weight: float = 1.0, dfeat_weight: float = 0.1
+        self,
+        D: Discriminator | None,
+        pixel_weight: float = 1.0,
+        dfeat_weight: float = 0.1,
+        pyramid: bool = True,
     ) -> None:
         self.D = D
         self.pixel_weight = pixel_weight
         self.dfeat_weight = dfeat_weight
+        self.pyramid = pyramid
 
     def _d_features(self, img: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -125,7 +132,7 @@ class PixelDistance:
 
     def features(self, img: torch.Tensor) -> list[torch.Tensor]:
         pyramid = [img]
-        while pyramid[-1].shape[2] > 16:
+        while self.pyramid and pyramid[-1].shape[2] > 16:
             pyramid.append(F.avg_pool2d(pyramid[-1], 2))
         dfeats = self._d_features(img) if self.D is not None and self.dfeat_weight > 0 else []
         return pyramid + dfeats
@@ -221,7 +228,7 @@ def project(
     else:
         if D is not None:
             D = copy.deepcopy(D).eval().requires_grad_(False).to(device)
-        dist = PixelDistance(D, cfg.pixel_weight, cfg.dfeat_weight)
+        dist = PixelDistance(D, cfg.pixel_weight, cfg.dfeat_weight, cfg.pyramid)
     with torch.no_grad():
         target_feats = dist.features(targets)
 

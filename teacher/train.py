@@ -26,7 +26,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,10 +41,12 @@ from common.runs import (
     DistInfo,
     Interrupted,
     StopSignals,
+    TickClock,
     TrainError,
     all_reduce_,
     kimg_bar,
     load_resume_state,
+    log_stats,
     peak_label,
     peak_memory,
     prepare_run_dir,
@@ -380,9 +381,7 @@ def training_loop(
     )
     grid_c = c_sampler(cfg.grid_seeds, torch.Generator().manual_seed(123))
 
-    tick_nimg = max(int(cfg.tick_kimg * 1000), 1)
-    tick_start_nimg = state["cur_nimg"]
-    tick_start_time = time.time()
+    clock = TickClock(cfg.tick_kimg, state["cur_nimg"])
     sums: dict[str, float] = {}
     bar = None
     if di.main and progress:
@@ -555,24 +554,13 @@ def training_loop(
 
             # -- tick: stats, resume state, snapshot ---------------------------------------------
             done = state["cur_nimg"] >= total_nimg
-            if not done and state["cur_nimg"] < tick_start_nimg + tick_nimg:
+            if not clock.due(state["cur_nimg"], done):
                 continue
             state["tick"] += 1
-            now = time.time()
-            kimg_done = (state["cur_nimg"] - tick_start_nimg) / 1000
             stats = {k: v / sums[k + "#n"] for k, v in sums.items() if not k.endswith("#n")}
-            stats.update(
-                {
-                    "Progress/tick": state["tick"],
-                    "Progress/kimg": state["cur_nimg"] / 1000,
-                    "Progress/augment": float(aug.p) if aug is not None else 0.0,
-                    "Progress/r_t": state["r_t"],
-                    "Timing/sec_per_kimg": (now - tick_start_time) / max(kimg_done, 1e-8),
-                }
-            )
-            stats["Timing/images_per_sec"] = kimg_done * 1000 / max(now - tick_start_time, 1e-8)
-            peak_key = "gpu_mem" if device.type == "cuda" else "rss"  # CUDA: tensors; CPU: process
-            stats[f"Resources/peak_{peak_key}_gb"] = peak_memory(device) / 2**30
+            stats.update(clock.figures(state, device))
+            stats["Progress/augment"] = float(aug.p) if aug is not None else 0.0
+            stats["Progress/r_t"] = state["r_t"]
             sums.clear()
             snapshot = done or state["tick"] % max(cfg.snap, 1) == 0
             if di.main:
@@ -580,10 +568,7 @@ def training_loop(
                     _save_resume(
                         out / RESUME_FILE, state, G, D, G_ema, opt_G, opt_D, aug, loss, rng
                     )
-                    with open(out / "stats.jsonl", "a") as f:
-                        f.write(json.dumps(stats) + "\n")
-                    for k, v in stats.items():
-                        writer.add_scalar(k, v, global_step=state["cur_nimg"])
+                    log_stats(out, writer, stats, state["cur_nimg"])
                     if snapshot:
                         kimg_tag = snapshot_tag(state["cur_nimg"])
                         save_snapshot(
@@ -607,8 +592,7 @@ def training_loop(
                     saved_nimg = state["cur_nimg"]
                 if snapshot and cfg.metrics:  # may take long: a stop does not wait for it
                     _run_metrics(cfg, G_ema, data, device, out, state, writer)
-            tick_start_nimg = state["cur_nimg"]
-            tick_start_time = time.time()
+            clock.restart(state["cur_nimg"])
 
     except Interrupted as e:
         if bar is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from common import runs
 from common.runs import (
     RESUME_FILE,
     TrainError,
@@ -225,3 +226,38 @@ def test_default_workers_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> No
     assert default_workers(4) == 4
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert default_workers(4) == 0
+
+
+def test_tick_clock_ends_ticks_on_the_image_count_and_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tick of 0.4 kimg started at 1000 images ends at 1400 (or when the run is done); its
+    figures count the images and seconds since the start."""
+    now = [100.0]
+    monkeypatch.setattr(runs.time, "time", lambda: now[0])
+    clock = runs.TickClock(0.4, 1000)
+    assert not clock.due(1399, False) and clock.due(1400, False) and clock.due(1001, True)
+    now[0] = 102.0
+    figures = clock.figures({"tick": 3, "cur_nimg": 1400}, torch.device("cpu"))
+    assert figures["Progress/tick"] == 3 and figures["Progress/kimg"] == pytest.approx(1.4)
+    assert figures["Timing/sec_per_kimg"] == pytest.approx(5.0)
+    assert figures["Timing/images_per_sec"] == pytest.approx(200.0)
+    assert figures["Resources/peak_rss_gb"] > 0
+    clock.restart(1400)
+    assert not clock.due(1799, False) and clock.due(1800, False)
+
+
+def test_log_stats_appends_lines_and_scalars(tmp_path: Path) -> None:
+    class Writer:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, float, int]] = []
+
+        def add_scalar(self, k: str, v: float, global_step: int) -> None:
+            self.calls.append((k, v, global_step))
+
+    w = Writer()
+    runs.log_stats(tmp_path, w, {"a": 1.0, "b": 2.5}, 400)
+    runs.log_stats(tmp_path, w, {"a": 3.0}, 800)
+    lines = [json.loads(x) for x in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert lines == [{"a": 1.0, "b": 2.5}, {"a": 3.0}]
+    assert w.calls == [("a", 1.0, 400), ("b", 2.5, 400), ("a", 3.0, 800)]
