@@ -123,7 +123,7 @@ def inversion_table(
         res = project(G, target, ProjectConfig(steps=k, **REFINE, **cfg), D=D, init_ws=codes)
         add(f"encoder + {k} steps", res.images, enc_s + time.perf_counter() - t)
     # From w_avg: the same budget with the refinement's loss terms, and the full projection.
-    same = dict(cfg, dfeat_weight=REFINE["dfeat_weight"])
+    same = dict(cfg, dfeat_weight=REFINE["dfeat_weight"], pyramid=REFINE["pyramid"])
     for k, extra, label in (
         (min(refine_steps), same, " (refinement's terms)"),
         (project_steps, cfg, ""),

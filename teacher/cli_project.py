@@ -130,14 +130,19 @@ def _projection_setup(args: argparse.Namespace, G, network: str, device, prog: s
 
 
 def loss_terms(
-    loss: str, vgg16: str | None, dfeat_weight: float, network: str, has_d: bool
+    loss: str,
+    vgg16: str | None,
+    dfeat_weight: float,
+    network: str,
+    has_d: bool,
+    pyramid: bool = True,
 ) -> tuple[str, list[str], str]:
     """(kind, terms, why) of the projection distance the flags select, for the start line and
     ``report.json``: ``vgg`` (perceptual) or ``pixel`` (image pyramid, plus discriminator
     features when the network file holds D and the weight is positive)."""
     if loss == "vgg" or (loss == "auto" and vgg16):
         return "vgg", ["vgg16 perceptual"], f"--vgg16 {vgg16}"
-    terms = ["pixel pyramid mse"]
+    terms = ["pixel pyramid mse" if pyramid else "pixel mse"]
     if dfeat_weight <= 0:
         why = "--dfeat-weight 0"
     elif not has_d:
@@ -161,9 +166,13 @@ def cmd_project(args: argparse.Namespace) -> int:
     if args.dfeat_weight is not None:
         schedule["dfeat_weight"] = args.dfeat_weight
     dfeat = schedule.setdefault("dfeat_weight", ProjectConfig.dfeat_weight)
-    kind, terms, why = loss_terms(args.loss, args.vgg16, dfeat, args.network, has_d)
+    pyramid = schedule.get("pyramid", True)
+    kind, terms, why = loss_terms(args.loss, args.vgg16, dfeat, args.network, has_d, pyramid)
     if E is not None and args.dfeat_weight is None and kind == "pixel":
-        why = "refining encoder codes: pixel terms only (--dfeat-weight W adds the discriminator's)"
+        why = (
+            "refining encoder codes: full-resolution pixel mse only (--dfeat-weight W adds "
+            "the discriminator's)"
+        )
     print(f"project: loss = {' + '.join(terms)} ({why})", file=sys.stderr)
     D = None
     if kind == "pixel" and dfeat > 0 and has_d:
@@ -278,7 +287,8 @@ def cmd_toonify(args: argparse.Namespace) -> int:
         seed=args.seed,
         **schedule,
     )
-    kind, terms, why = loss_terms(args.loss, args.vgg16, 0.0, args.base, False)
+    pyramid = schedule.get("pyramid", True)
+    kind, terms, why = loss_terms(args.loss, args.vgg16, 0.0, args.base, False, pyramid)
     if kind == "pixel":  # toonify has no discriminator term
         why = "toonify uses no discriminator term" + why[len("--dfeat-weight 0") :]
     print(f"toonify: projection loss = {' + '.join(terms)} ({why})", file=sys.stderr)

@@ -249,3 +249,20 @@ def test_toonify_renders_the_blend_of_the_projected_latent_and_pastes_it(tmp_pat
     got = np.asarray(Image.open(out / "astronaut_toon.png").convert("RGB")).astype(int)
     assert np.abs(got - want).max() <= 1
     assert np.abs(got - src).max() > 50  # pasted: the photo changed
+
+
+def test_pixel_distance_with_and_without_the_pyramid_against_a_hand_computation():
+    """The pyramid sums the MSE at 32 and 16 px (2x2 means); without it, the 32 px MSE alone."""
+    from teacher.project import PixelDistance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand([2, 3, 32, 32], generator=g), torch.rand([2, 3, 32, 32], generator=g)
+    full = (a - b).square().flatten(1).mean(1)
+    half = lambda x: x.reshape(2, 3, 16, 2, 16, 2).mean((3, 5))  # noqa: E731
+    coarse = (half(a) - half(b)).square().flatten(1).mean(1)
+    for pyramid, want in ((True, full + coarse), (False, full)):
+        dist = PixelDistance(None, pyramid=pyramid)
+        torch.testing.assert_close(dist(dist.features(a), b), want)
+    from teacher.cli_project import loss_terms
+
+    assert loss_terms("pixel", None, 0.0, "b", has_d=False, pyramid=False)[1] == ["pixel mse"]
