@@ -381,6 +381,7 @@ def training_loop(
         if loss_fn.vgg is not None:
             feat += f" + {cfg.vgg_weight:g} x VGG16"
         why = "" if D is not None or cfg.dfeat_weight == 0 else f" ({cfg.network} holds no D)"
+        latent = "latent, " if n_syn else ""  # photos alone have no known code
         if photos is not None:
             print(
                 f"encoder: {n_real} of every {cfg.batch} samples from {len(photos)} photos in "
@@ -389,7 +390,7 @@ def training_loop(
             )
         print(
             f"encoder: {sum(p.numel() for p in E.parameters()):,} parameters for "
-            f"{G.img_resolution}px, {G.num_ws} x {G.w_dim} codes; losses: latent, {feat}{why}, "
+            f"{G.img_resolution}px, {G.num_ws} x {G.w_dim} codes; losses: {latent}{feat}{why}, "
             f"delta; {device.type}, {di.world} process(es), batch {cfg.batch}; "
             + (
                 f"resumed at {state['cur_nimg'] / 1000:g} kimg of {total_nimg / 1000:g}"
