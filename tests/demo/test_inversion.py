@@ -11,16 +11,26 @@ from demo import inversion
 ASSETS = Path(__file__).resolve().parents[2] / "demo" / "assets"
 
 
+def _table(faces: int, refine_steps: tuple[int, ...], project_steps: int):
+    """The inversion table of the shipped base and encoder on ``faces`` held-out photos."""
+    encoder = ASSETS / "encoder32.safetensors"
+    if not encoder.exists():
+        pytest.fail(f"{encoder} is missing (demo/README.md says how to make it)")
+    return inversion.inversion_table(
+        ASSETS / "base32.safetensors",
+        encoder,
+        ASSETS / "judges32.safetensors",
+        faces,
+        refine_steps,
+        project_steps,
+    )
+
+
 def test_the_shipped_encoder_beats_the_mean_face_and_refinement_improves_it():
     """On 4 held-out photos: the encoder's codes reconstruct far better than ``w_avg`` (the
     floor), a few refinement steps from them improve PSNR and beat as many steps from
     ``w_avg``, and every row is timed."""
-    encoder = ASSETS / "encoder32.safetensors"
-    if not encoder.exists():
-        pytest.fail(f"{encoder} is missing (demo/README.md says how to make it)")
-    report, strip = inversion.inversion_table(
-        ASSETS / "base32.safetensors", encoder, ASSETS / "judges32.safetensors", 4, (10,), 20
-    )
+    report, strip = _table(4, (10,), 20)
     rows = report["methods"]
     mean, enc = rows["mean face (w_avg)"], rows[report["encoder_row"]]
     refined = rows["encoder + 10 steps"]
@@ -43,12 +53,7 @@ def test_the_shipped_encoder_plus_50_steps_is_as_faithful_as_400_step_projection
     ``w_avg`` (mean PSNR, worst PSNR within 0.1 dB, and the judges' identity error), and the
     encoder alone is far better than the mean face. Speed is measured by the table and
     bench/encoder.py, not asserted here."""
-    encoder = ASSETS / "encoder32.safetensors"
-    if not encoder.exists():
-        pytest.fail(f"{encoder} is missing (demo/README.md says how to make it)")
-    report, _ = inversion.inversion_table(
-        ASSETS / "base32.safetensors", encoder, ASSETS / "judges32.safetensors", 24, (50,), 400
-    )
+    report, _ = _table(24, (50,), 400)
     rows = report["methods"]
     refined, proj = rows["encoder + 50 steps"], rows["projection 400 steps from w_avg"]
     assert refined["psnr_db"] >= proj["psnr_db"]
