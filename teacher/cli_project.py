@@ -376,7 +376,8 @@ def _add_projection_flags(p: argparse.ArgumentParser) -> None:
         "--lr",
         type=float,
         default=None,
-        help="initial learning rate (default 0.1; codes from --encoder get no latent noise)",
+        help="initial learning rate (default 0.1; 0.2 with a slower ramp-up and no latent noise "
+        "for codes from --encoder)",
     )
     p.add_argument(
         "--loss",
