@@ -8,12 +8,12 @@
     and L1 against the photo, identity (the miniature's parameter regressor's error on the
     reconstruction over its error on the photo itself) and seconds per photo on this machine.
 
-``python -m demo.inversion students --demo-out demo/out --encoder ...``
+``python -m demo.inversion students --demo-out demo/out [--target delta] [--toon FILE] [--no-z]``
     Whether real-photo pairs made with the encoder help the student: ``toon-pairs generate
     --encoder`` on procedural photo-style faces (inputs only: their game-style truth is never
-    rendered), mixed with the demo's z pairs, a student trained on the mix with the demo's
-    settings, and both students through ``toon-infer``'s path against the truth
-    (:mod:`demo.outcome`).
+    rendered), with render or delta targets, alone or mixed with z pairs of the same teacher, a
+    student trained on them with the demo's settings, and it and the z-pair student through
+    ``toon-infer``'s path against the truth (:mod:`demo.outcome`).
 
 The procedural truth is used for measurement only.
 """
@@ -167,9 +167,16 @@ def student_comparison(
     seeds: int,
     work: Path,
     refine_steps: int = 0,
+    target: str = "render",
+    toon: Path | None = None,
+    with_z: bool = True,
 ) -> dict:
-    """Students trained on the demo's z pairs alone (the demo's own) and on z pairs plus
-    ``photos`` encoder-made real-photo pairs, through toon-infer's path (:mod:`demo.outcome`)."""
+    """Students trained on z pairs alone and on ``photos`` encoder-made real-photo pairs (with
+    the z pairs unless ``with_z`` is false), through toon-infer's path (:mod:`demo.outcome`).
+
+    ``toon`` is the teacher (default the demo's blended model, whose z pairs and student the
+    demo already made); ``target`` the real-photo pairs' target (``toon-pairs generate
+    --target``: ``render`` or ``delta``)."""
     from demo.diagnose import onnx_model, write_pairs_folder
     from demo.outcome import measure, oracle_asset, prepare, spread
     from demo.run import SCALES, base_checkpoint, train_student
@@ -180,18 +187,27 @@ def student_comparison(
     from student.cli import main as student_main
 
     scale = SCALES["demo"]
-    blended = demo_out / "blended.safetensors"
+    demo_teacher = toon is None
+    blended = demo_out / "blended.safetensors" if toon is None else toon
     zpairs = demo_out / "pairs"
-    for need in (blended, zpairs / "manifest.json"):
+    for need in (blended, zpairs / "manifest.json") if demo_teacher else (blended,):
         if not need.exists():
             raise SystemExit(f"inversion: {need} missing; run make demo first")
     work.mkdir(parents=True, exist_ok=True)
+    base = base_checkpoint(scale)
+    if not demo_teacher:  # the same z pairs as the demo's, from this teacher
+        zpairs = work / f"pairs-z-{blended.stem}"
+        argv = ["generate", "--base", str(base), "--toon", str(blended), "--count", "4000"]
+        argv += ["--seed", "0", "--trunc", "0.7", "--shard-size", "1000", "--device", "cpu"]
+        if pairs_main([*argv, "--out", str(zpairs)]) != 0:
+            raise SystemExit("inversion: z pair generation failed")
     folder = write_dataset(work / "photos", photos, "photo", seed=PHOTOS_SEED, size=scale.size)
     (folder / "params.json").unlink()  # inputs only
     t = time.time()
-    base = base_checkpoint(scale)
-    encoded = work / (f"pairs-encoded-refined{refine_steps}" if refine_steps else "pairs-encoded")
+    kind = f"{target}-refined{refine_steps}" if refine_steps else target
+    encoded = work / f"pairs-encoded-{kind}-{blended.stem}"
     argv = ["generate", "--toon", str(blended), "--photos", str(folder), "--device", "cpu"]
+    argv += ["--target", target, "--base", str(base)]
     if refine_steps:  # encoder codes refined by projection, then pairs from those latents
         from teacher.cli import main as teacher_main
 
@@ -203,29 +219,33 @@ def student_comparison(
             raise SystemExit("inversion: projection failed")
         argv += ["--latents", str(proj / "projected_w.npz")]
     else:
-        argv += ["--encoder", str(encoder_file), "--base", str(base)]
+        argv += ["--encoder", str(encoder_file)]
     if pairs_main([*argv, "--out", str(encoded)]) != 0:
         raise SystemExit("inversion: encoded pair generation failed")
     encoded_s = time.time() - t
     src, dst = [], []
-    for root in (zpairs, encoded):
+    for root in (zpairs, encoded) if with_z else (encoded,):
         for _key, s, d, _meta in iter_pairs(root):
             src.append(s)
             dst.append(d)
-    tag = f"mixed-refined{refine_steps}" if refine_steps else "mixed"
+    tag = f"{'mixed' if with_z else 'photos'}-{kind}-{blended.stem}"
     mixed = write_pairs_folder(work / f"pairs-{tag}", np.stack(src), np.stack(dst))
-    label = (
-        f"z + encoded pairs refined {refine_steps} steps" if refine_steps else "z + encoded pairs"
+    label = f"{'z + ' if with_z else ''}encoded pairs, {target} targets" + (
+        f", refined {refine_steps} steps" if refine_steps else ""
     )
-    students = {"z pairs (the demo's)": {}, label: {}}
+    zname = "z pairs (the demo's)" if demo_teacher else "z pairs"
+    students: dict[str, dict[int, Path]] = {zname: {}, label: {}}
     for seed in range(seeds):
-        for name, pairs in (("z pairs (the demo's)", zpairs), (label, mixed)):
-            if name.startswith("z pairs") and seed == 0 and (demo_out / "toon.onnx").exists():
-                students[name][seed] = demo_out / "toon.onnx"
+        for name, pairs in ((zname, zpairs), (label, mixed)):
+            own = demo_out / "toon.onnx"
+            if name == zname and demo_teacher and seed == 0 and own.exists():
+                students[name][seed] = own
                 continue
-            kind = "z" if name.startswith("z pairs") else tag
-            f = train_student(scale, pairs, work / f"student-{kind}-seed{seed}", seed, student_main)
-            onnx = work / f"student-{kind}-seed{seed}.onnx"
+            run_tag = f"z-{blended.stem}" if name == zname else tag
+            f = train_student(
+                scale, pairs, work / f"student-{run_tag}-seed{seed}", seed, student_main
+            )
+            onnx = work / f"student-{run_tag}-seed{seed}.onnx"
             if export_main(["onnx", "--student", str(f), "--out", str(onnx)]) != 0:
                 raise SystemExit("inversion: export failed")
             students[name][seed] = onnx
@@ -255,6 +275,9 @@ def student_comparison(
         "encoded_photos": photos,
         "z_pairs": sum(1 for _ in iter_pairs(zpairs)),
         "refine_steps": refine_steps,
+        "target": target,
+        "teacher": str(blended),
+        "with_z_pairs": with_z,
         "encoded_pairs_seconds": round(encoded_s, 1),
         "students": summary,
         "models": rows,
@@ -281,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument(
         "--refine-steps", type=int, default=0, help="refine the codes by projection first"
     )
+    ps.add_argument(
+        "--target", choices=("render", "delta"), default="render",
+        help="the encoded pairs' target (toon-pairs generate --target; default render)",
+    )  # fmt: skip
+    ps.add_argument("--toon", default=None, help="teacher (default DEMO_OUT/blended.safetensors)")
+    ps.add_argument("--no-z", action="store_true", help="the encoded pairs alone, no z pairs")
     ps.add_argument("--out", default=str(REPO / "demo" / "out-inversion"))
     for sp in (pt, ps):
         sp.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -303,13 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = student_comparison(
         Path(args.demo_out), Path(args.encoder), args.photos, args.faces, args.seeds,
-        out / "students", args.refine_steps,
+        out / "students", args.refine_steps, args.target,
+        None if args.toon is None else Path(args.toon), not args.no_z,
     )  # fmt: skip
-    (
-        out / f"students-refined{args.refine_steps}.json"
-        if args.refine_steps
-        else out / "students.json"
-    ).write_text(json.dumps(report, indent=2))
+    name = f"students-{args.target}" + (f"-refined{args.refine_steps}" if args.refine_steps else "")
+    name += "-photos-only" if args.no_z else ""
+    if args.toon is not None:
+        name += f"-{Path(args.toon).stem}"
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({"students": report["students"]}, indent=2))
     return 0
 

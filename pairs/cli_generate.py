@@ -79,6 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         latents=args.latents,
         photos=args.photos,
         encoder=args.encoder,
+        target=args.target,
         device=args.device,
         workers=args.workers,
         threads=args.threads,
@@ -266,6 +267,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="inversion encoder of the base: real-photo pairs from --photos without projection "
         "(a feedback encoder also needs --base, which renders its codes between passes)",
+    )
+    p.add_argument(
+        "--target",
+        choices=("render", "delta"),
+        default="render",
+        help="real-photo pairs' target: render (the blended teacher's render of the photo's "
+        "code, default) or delta (the photo plus the teacher's change, toon(w) - base(w): "
+        "keeps the photo's identity and detail where the code does not; needs --base)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(

@@ -41,6 +41,7 @@ DEFAULT_BATCH = 16
 DEFAULT_TRUNCATION = 0.7
 NOISE_MODES = ("const", "random", "none")
 PRECISIONS = ("auto", "fp32", "fp16")
+TARGETS = ("render", "delta")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class GenerateConfig:
     latents: str | None = None  # projected_w.npz (real-photo pairs)
     photos: str | None = None  # folder of aligned photos for --latents or --encoder
     encoder: str | None = None  # inversion encoder: real-photo pairs without projection
+    target: str = "render"  # real-photo pairs: render (toon(ws)) | delta (photo + toon - base)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int | None = None  # PNG encoding processes (0: inline; default cores - 1, <= 16)
     threads: int | None = None  # torch CPU threads while rendering (default: torch's)
@@ -252,6 +254,18 @@ def prepare_job(cfg: GenerateConfig) -> Job:
         raise PairsError("--trunc and --trunc-cutoff apply to z pairs, not to real-photo pairs")
     if projected and (cfg.mix_prob > 0 or cfg.perturb_std > 0):
         raise PairsError("--mix-prob and --perturb-std apply to z pairs, not to real-photo pairs")
+    if cfg.target not in TARGETS:
+        raise PairsError(f"--target must be one of {', '.join(TARGETS)}, got {cfg.target}")
+    if cfg.target == "delta" and not projected:
+        raise PairsError(
+            "--target delta applies to real-photo pairs (--photos with --latents or --encoder); "
+            "a z pair's input is the base's render, so its target is already the toon render"
+        )
+    if cfg.target == "delta" and cfg.base is None:
+        raise PairsError(
+            "--target delta needs --base: the teacher's change is toon(w) - base(w) for the "
+            "photo's code w"
+        )
     if not projected and cfg.base is None:
         raise PairsError("z pairs need --base (the generator that renders the inputs)")
     if not projected and cfg.count is None:
@@ -351,6 +365,8 @@ def prepare_job(cfg: GenerateConfig) -> Job:
     }
     if encoded:  # (absent otherwise, so older manifests keep their hash)
         settings["encoder"] = encoder_info
+    if cfg.target != "render":  # likewise
+        settings["target"] = cfg.target
     manifest = {
         "format": shards.FORMAT,
         "format_version": shards.FORMAT_VERSION,

@@ -22,6 +22,10 @@ these read (the loaded teachers and the settings) comes from :func:`pairs.job.pr
   sorted order; ``ws`` = the encoder's code of it (Lanczos-resized to the encoder's resolution;
   a feedback encoder runs its passes with ``--base`` rendering the codes between them),
   computed in render batch order like everything else; ``src`` and ``dst`` as for projected.
+- *delta targets* (``--target delta``, real-photo pairs only): ``dst`` = the photo (Lanczos-resized
+  to the generator's resolution) plus ``toon.synthesis(ws) - base.synthesis(ws)`` in [-1, 1]
+  units, then converted like a render: the teacher's change of the code applied to the photo
+  itself, so the target keeps the photo's identity and detail where the code misses them.
 - *noise*: ``const`` (default) or ``none`` as in the generator; ``random`` draws pair k's noise
   maps from ``RandomState([S + k, 3])``, layer by layer in block order, identical for base and
   toon, and feeds them through the layers' noise buffers, so it is deterministic too.
@@ -194,18 +198,25 @@ def launch_batch(job: Job, j: int) -> _Launched:
         w[: len(valid)] = valid
         ws = _to_device(w, dev)
         models = [job.toon]
+    delta = s.get("target") == "delta"
+    if delta:  # photo + toon(ws) - base(ws), photos at the generator's resolution
+        assert job.base is not None and job.photo_paths is not None
+        R = job.toon.img_resolution
+        photos = np.zeros([B, R, R, 3], dtype=np.uint8)
+        for i, k in enumerate(range(ks.start, min(ks.stop, job.count))):
+            photos[i] = load_photo(job.photo_paths[k], R)
+        models = [job.base, job.toon]
 
     noise_mode = s["noise_mode"]
     ctx = _pair_noise(models, seeds, dev) if noise_mode == "random" else nullcontext()
-    imgs = []
     with ctx:
         mode = "const" if noise_mode == "random" else noise_mode
-        for G in models:
-            img = G.synthesis(ws, noise_mode=mode, force_fp32=force_fp32)
-            # teacher.sample.to_uint8 without its host copy
-            imgs.append(
-                (img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-            )
+        renders = [G.synthesis(ws, noise_mode=mode, force_fp32=force_fp32).float() for G in models]
+    if delta:
+        x = _to_device(photos, dev).permute(0, 3, 1, 2).float() / 127.5 - 1
+        renders = [x + (renders[1] - renders[0])]
+    # teacher.sample.to_uint8 without its host copy (a zero change gives the photo back exactly)
+    imgs = [(x * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1) for x in renders]
     return _Launched(j, ks, imgs, style_mix)
 
 

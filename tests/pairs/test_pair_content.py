@@ -192,3 +192,59 @@ def test_encoded_pairs_render_the_encoders_code_of_each_photo(dataset, tmp_path)
             ws = F.codes(*F.parts(x, recon), start=ws)  # the second pass
             want = _render(toon, ws)[0]
         assert _max_diff(got[k]["dst.png"], want) <= 1, k
+
+
+def test_delta_targets_add_the_teachers_change_to_the_photo(dataset, tmp_path) -> None:
+    """``--target delta``: dst = photo + toon(w) - base(w) for the photo's projected w (photos
+    resized to the generator's resolution with Lanczos first), computed here by hand; the
+    default target is the toon render; z pairs and a missing --base are refused."""
+    from pairs.shards import PairsError, read_manifest
+
+    base, toon, _ = dataset
+    res = base.img_resolution
+    base_file, toon_file = tmp_path / "base.safetensors", tmp_path / "toon.safetensors"
+    save_network(base, base_file)
+    save_network(toon, toon_file)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        ws = base.mapping(torch.randn(3, base.z_dim), None) + 0.3 * torch.randn(3, base.num_ws, 1)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    imgs = []
+    for i in range(3):  # twice the resolution: resized before the change is added
+        imgs.append(rng.integers(0, 256, (2 * res, 2 * res, 3), dtype=np.uint8))
+        Image.fromarray(imgs[-1]).save(photos / f"p{i}.png")
+    np.savez(tmp_path / "w.npz", w=ws.numpy(), names=np.array(["p0", "p1", "p2"]))
+    cfg = GenerateConfig(
+        out=str(tmp_path / "delta"), toon=str(toon_file), base=str(base_file),
+        latents=str(tmp_path / "w.npz"), photos=str(photos), target="delta",
+        batch=2, device="cpu", workers=0, threads=1,
+    )  # fmt: skip
+    generate(cfg, progress=False, log=None)
+    got = _read_shards(tmp_path / "delta")
+    assert read_manifest(tmp_path / "delta")["config"]["target"] == "delta"
+    with torch.no_grad():
+        change = (
+            toon.synthesis(ws, noise_mode="const", force_fp32=True)
+            - base.synthesis(ws, noise_mode="const", force_fp32=True)
+        ).permute(0, 2, 3, 1).numpy() * 127.5  # fmt: skip
+    for k in range(3):
+        small = np.asarray(Image.fromarray(imgs[k]).resize((res, res), Image.Resampling.LANCZOS))
+        want = np.clip(np.floor(small + change[k] + 0.5), 0, 255)
+        assert np.array_equal(got[k]["src.png"], small), k
+        assert _max_diff(got[k]["dst.png"], want) <= 1, k
+        # not the toon render of the code, nor the photo unchanged
+        assert _max_diff(got[k]["dst.png"], _render(toon, ws[k : k + 1])[0]) > 8, k
+        assert _max_diff(got[k]["dst.png"], small) > 8, k
+    for bad, msg in (
+        (dict(base=None), "--target delta needs --base"),
+        (dict(latents=None, photos=None, count=2), "applies to real-photo pairs"),
+        (dict(target="blend"), "--target must be one of"),
+    ):
+        with pytest.raises(PairsError, match=msg):
+            generate(
+                GenerateConfig(**{**cfg.__dict__, **bad, "out": str(tmp_path / "x")}),
+                progress=False,
+                log=None,
+            )
