@@ -70,6 +70,8 @@ class Scale:
     oracle_kimg: float
     structure_weight: float = 0.0  # fine-tuning's structure loss against the base (0: off)
     structure_res: int = 8  # ... comparing renders downsampled to 4 .. this
+    photo_pairs: int = 2000  # real-photo pairs (encoder codes, delta targets) beside the z pairs
+    search_photos: int = 500  # photos blend-search scores the blends on
 
 
 SCALES = {
@@ -80,12 +82,35 @@ SCALES = {
         "full", 32, 2000, 20.0, 4.0, 0, 8, 8, 400, 4000, 40.0, 8.0, 4, "0-63", 8, 3, 24, 4000, 20.0
     ),
     "smoke": Scale(
-        "smoke", 32, 64, 0.128, 0.064, 2, 8, 2, 50, 512, 2.4, 0.8, 1, "0-15", 0, 1, 4, 256, 0.4
+        "smoke",
+        32,
+        64,
+        0.128,
+        0.064,
+        2,
+        8,
+        2,
+        50,
+        512,
+        2.4,
+        0.8,
+        1,
+        "0-15",
+        0,
+        1,
+        4,
+        256,
+        0.4,
+        photo_pairs=128,
+        search_photos=32,
     ),
 }
 
 
 HELDOUT_SEED = 5000  # held-out photo-style faces (stage 4 projects the first of them)
+PAIR_PHOTOS_SEED = 3000  # photo-style inputs of the real-photo pairs (their truth is never drawn)
+SEARCH_PHOTOS_SEED = 3500  # photo-style inputs blend-search scores the blends on
+ENCODER = REPO / "demo" / "assets" / "encoder32.safetensors"
 
 
 def heldout_face(i: int, size: int) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -135,7 +160,11 @@ def l1_psnr(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def choose_blend(out, scale, base, finetuned, game, blended, teacher_main) -> list[str]:
     """Run ``toon-teacher blend-search`` with the miniature's judges as its style and identity
     networks (they never see a (photo, game) pair of the same face) and return the ``blend``
-    arguments it recommends; without a recommendation, the scale's fixed level, base structure."""
+    arguments it recommends; without a recommendation, the scale's fixed level, base structure.
+
+    With the shipped encoder it scores the hard switch and two smooth widths on the delta images
+    of ``scale.search_photos`` photo-style faces (inputs only): what the student's real-photo
+    pairs will hold."""
     import shlex
 
     from demo.judges import export_feature_nets, load_judges
@@ -152,6 +181,15 @@ def choose_blend(out, scale, base, finetuned, game, blended, teacher_main) -> li
     argv += ["--style-net", str(nets.style), "--identity-net", str(nets.identity)]
     argv += ["--identity-threshold", str(nets.identity_threshold), "--seeds", scale.search_seeds]
     argv += ["--trunc", "0.7", "--device", "cpu", "--out", str(search)]
+    if ENCODER.exists() and scale.size == 32:
+        from demo.synthetic import write_dataset
+
+        photos = write_dataset(
+            out / "data" / "search-photos", scale.search_photos, "photo",
+            seed=SEARCH_PHOTOS_SEED, size=scale.size,
+        )  # fmt: skip
+        (photos / "params.json").unlink()  # inputs only
+        argv += ["--photos", str(photos), "--encoder", str(ENCODER), "--smooth", "0,0.5,1"]
     run("toon-teacher", teacher_main, argv)
     rec = json.loads((search / "report.json").read_text())["recommendation"]
     if rec is None:
@@ -162,6 +200,20 @@ def choose_blend(out, scale, base, finetuned, game, blended, teacher_main) -> li
     words = shlex.split(rec["blend_command"])[1:]  # drop "toon-teacher"
     words[words.index("--out") + 1] = str(blended)
     return words
+
+
+def merge_pairs(folder: Path, sources: list[Path]) -> Path:
+    """One pairs dataset holding every pair of ``sources`` in order (the student reads one)."""
+    from demo.diagnose import write_pairs_folder
+    from pairs.shards import iter_pairs
+
+    src, dst = [], []
+    for root in sources:
+        for _key, s, d, _meta in iter_pairs(root):
+            src.append(s)
+            dst.append(d)
+    kind = "merged: " + ", ".join(p.name for p in sources)
+    return write_pairs_folder(folder, np.stack(src), np.stack(dst), shard=1000, kind=kind)
 
 
 def train_student(scale: Scale, pairs: Path, outdir: Path, seed: int, student_main) -> Path:
@@ -335,7 +387,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 5. pairs ---------------------------------------------------------------------------------
     t = time.time()
-    log(f"5/9 generating {scale.pairs} synthetic pairs and {scale.heldout} projected pairs")
+    photo_pairs = scale.photo_pairs if ENCODER.exists() and size == 32 else 0
+    log(
+        f"5/9 generating {scale.pairs} synthetic pairs, {photo_pairs} encoded real-photo pairs "
+        f"(delta targets) and {scale.heldout} projected pairs"
+    )
     pairs = out / "pairs"
     run(
         "toon-pairs",
@@ -378,23 +434,34 @@ def main(argv: list[str] | None = None) -> int:
             str(pairs_real),
         ],
     )
-    encoder = REPO / "demo" / "assets" / "encoder32.safetensors"
-    if encoder.exists() and size == 32:  # the same photos, coded by the shipped encoder
-        argv = ["generate", "--base", str(base), "--toon", str(blended), "--encoder", str(encoder)]
-        argv += ["--photos", str(held), "--device", "cpu", "--out", str(out / "pairs-encoded")]
-        run("toon-pairs", pairs_main, argv)
+    student_pairs = pairs
+    if photo_pairs:  # photo-style faces coded by the shipped encoder: photo + the teacher's change
+        enc_argv = ["generate", "--base", str(base), "--toon", str(blended)]
+        enc_argv += ["--encoder", str(ENCODER), "--device", "cpu"]
+        run("toon-pairs", pairs_main, [*enc_argv, "--photos", str(held), "--out",
+                                      str(out / "pairs-encoded")])  # fmt: skip
+        photos = write_dataset(
+            out / "data" / "pair-photos", photo_pairs, "photo", seed=PAIR_PHOTOS_SEED, size=size
+        )
+        (photos / "params.json").unlink()  # inputs only: their game-style truth is never drawn
+        photo_set = out / "pairs-photos"
+        run("toon-pairs", pairs_main, [*enc_argv, "--photos", str(photos), "--target", "delta",
+                                      "--shard-size", "1000", "--out", str(photo_set)])  # fmt: skip
+        student_pairs = merge_pairs(out / "pairs-mixed", [pairs, photo_set])
     run(
         "toon-pairs",
         pairs_main,
+        ["preview", str(student_pairs), "--n", "8", "--start", str(scale.pairs),
+         "--out", str(out / "pairs_preview.png")] if photo_pairs else
         ["preview", str(pairs), "--n", "8", "--out", str(out / "pairs_preview.png")],
-    )
+    )  # fmt: skip
     timings["pairs_s"] = time.time() - t
 
     # -- 6. student ---------------------------------------------------------------------------
     t = time.time()
-    log("6/9 training the student on the synthetic pairs")
+    log("6/9 training the student on the synthetic and real-photo pairs")
     srun = out / "student"
-    train_student(scale, pairs, srun, 0, student_main)
+    train_student(scale, student_pairs, srun, 0, student_main)
     student_file = srun / "student.safetensors"
     run(
         "toon-student",
@@ -404,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             "--student",
             str(student_file),
             "--pairs",
-            str(pairs),
+            str(student_pairs),
             "--device",
             "cpu",
             "--out",
@@ -471,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
 
     students = {0: onnx_path}
     for seed in range(1, scale.student_seeds):
-        f = train_student(scale, pairs, out / f"student-seed{seed}", seed, student_main)
+        f = train_student(scale, student_pairs, out / f"student-seed{seed}", seed, student_main)
         students[seed] = out / f"student-seed{seed}.onnx"
         run("toon-export", export_main, ["onnx", "--student", str(f), "--out", str(students[seed])])
     judges = REPO / "demo" / "assets" / f"judges{size}.safetensors"
@@ -550,6 +617,9 @@ def summarize(
             "blend_grid": str(out / "blend_grid.png"),
             "projected_w": str(proj / "projected_w.npz"),
             "pairs": str(out / "pairs"),
+            "student_pairs": str(
+                out / ("pairs-mixed" if (out / "pairs-mixed").exists() else "pairs")
+            ),
             "pairs_projected": str(out / "pairs-projected"),
             "pairs_encoded": str(out / "pairs-encoded"),
             "student": str(out / "student" / "student.safetensors"),

@@ -83,7 +83,7 @@ class SearchConfig:
     seeds: tuple[int, ...] = tuple(range(64))  # one render per seed and level
     truncation_psi: float = 0.7  # as toon-pairs generate's default
     mapping_from: str = "base"  # "base" or "toon": whose mapping network and w_avg
-    width: float = 0.0  # smooth switch width in octaves; 0 = hard switch
+    widths: tuple[float, ...] = (0.0,)  # smooth switch widths in octaves searched; 0 = hard
     identity_threshold: float = DLIB_THRESHOLD  # distance above which a face counts as changed
     max_changed: float = 0.2  # a row keeps identity when at most this share of faces changed
     alternatives: int = 3  # runner-ups shown beside the recommendation
@@ -97,6 +97,7 @@ class LevelScore:
 
     direction: str
     level: int
+    width: float  # smooth switch width in octaves (0: hard)
     low: str  # parent of blocks <= R
     high: str  # parent of blocks above R
     same_as: str | None  # "base" / "toon" when the blend equals that parent exactly
@@ -259,6 +260,17 @@ def render_uint8(G: Generator, ws: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def render_float(G: Generator, ws: torch.Tensor, batch: int) -> torch.Tensor:
+    """float ``[N, C, H, W]`` renders in [-1, 1] (CPU) of ``ws`` (noise ``const``)."""
+    fp32 = ws.device.type != "cuda"
+    parts = [
+        G.synthesis(ws[i : i + batch], noise_mode="const", force_fp32=fp32).float().cpu()
+        for i in range(0, len(ws), batch)
+    ]
+    return torch.cat(parts)
+
+
 def normalised(value: float, at_zero: float, at_one: float) -> float | None:
     """``(value - at_zero) / (at_one - at_zero)``; None when the references coincide."""
     span = at_one - at_zero
@@ -274,11 +286,19 @@ def search(
     identity: Features,
     cfg: SearchConfig,
     log: Callable[[str], None] = lambda msg: None,
+    photos: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[list[LevelScore], dict[str, np.ndarray]]:
-    """Score every level in both directions.
+    """Score every level in both directions, at every width of ``cfg.widths``.
 
-    Returns the rows (direction by direction, levels ascending) and one grid per direction
-    (:func:`level_grid`: the first ``cfg.grid_seeds`` seeds at every level).
+    Without ``photos`` a generator is scored on its renders of the seeds' ws. With ``photos``
+    = (uint8 photos ``[N, C, H, W]`` at the generator's resolution, their W+ codes ``[N,
+    num_ws, w_dim]`` in the base), a generator G is scored on the *delta images* ``photo +
+    G(w) - base(w)`` (what ``toon-pairs generate --target delta`` makes its targets of; the
+    base's are the photos themselves), so style and identity are measured on what the student
+    will learn to output, on real photos.
+
+    Returns the rows (direction by direction, width by width, levels ascending) and one grid per
+    direction and width (:func:`level_grid`: the first ``cfg.grid_seeds`` faces at every level).
     """
     check_same_arch(base, toon)
     if cfg.mapping_from not in PARENTS:
@@ -286,7 +306,10 @@ def search(
     if len(cfg.seeds) < 2:
         raise ValueError("KID needs at least 2 seeds")
     parents = {"base": base, "toon": toon}
-    ws = seed_ws(parents[cfg.mapping_from], cfg.seeds, cfg.truncation_psi)
+    if photos is None:
+        ws = seed_ws(parents[cfg.mapping_from], cfg.seeds, cfg.truncation_psi)
+    else:
+        ws = photos[1].to(next(base.parameters()).device)
     res = base.img_resolution
     levels = search_levels(res)
 
@@ -296,13 +319,21 @@ def search(
 
     # Per unique generator: renders' KID, identity distances, grid rows.
     measured: dict[Any, tuple[float, np.ndarray, torch.Tensor]] = {}
-    base_renders = render_uint8(base, ws, cfg.batch)
+    if photos is None:
+        base_renders = render_uint8(base, ws, cfg.batch)
+    else:
+        base_float = render_float(base, ws, cfg.batch)
+        base_renders = photos[0]
     base_ids = batched(identity, base_renders, cfg.batch)
     log("scoring the base")
     measured["base"] = (kid(base_renders), np.zeros(len(ws)), base_renders[: cfg.grid_seeds])
 
     def measure(key: Any, G: Generator) -> None:
-        renders = render_uint8(G, ws, cfg.batch)
+        if photos is None:
+            renders = render_uint8(G, ws, cfg.batch)
+        else:  # photo + G(w) - base(w), quantised like a saved image
+            change = render_float(G, ws, cfg.batch) - base_float
+            renders = (base_renders.float() + change * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
         ids = batched(identity, renders, cfg.batch)
         dist = np.linalg.norm(ids - base_ids, axis=1)
         measured[key] = (kid(renders), dist, renders[: cfg.grid_seeds])
@@ -315,36 +346,41 @@ def search(
     rows: list[LevelScore] = []
     grids: dict[str, np.ndarray] = {}
     for direction, (low, high) in DIRECTIONS.items():
-        cells, labels = [], []
-        for level in levels:
-            side = same_parent(level, res, cfg.width)
-            same = {"low": low, "high": high}.get(side) if side else None
-            key = same if same else (direction, level)
-            if key not in measured:
-                log(f"scoring {direction} R={level}")
-                G = direction_blends(base, toon, direction, level, cfg.width, cfg.mapping_from)
-                measure(key, G)
-            k, dist, grid_rows = measured[key]
-            ident = float(dist.mean())
-            rows.append(
-                LevelScore(
-                    direction=direction,
-                    level=level,
-                    low=low,
-                    high=high,
-                    same_as=same,
-                    kid=k,
-                    style_norm=normalised(k, kid_toon, kid_base),
-                    identity_mean=ident,
-                    identity_norm=normalised(ident, 0.0, toon_identity),
-                    share_changed=float((dist > cfg.identity_threshold).mean()),
-                    keeps_identity=bool((dist > cfg.identity_threshold).mean() <= cfg.max_changed),
-                    distances=[float(d) for d in dist],
+        for width in cfg.widths:
+            cells, labels = [], []
+            for level in levels:
+                side = same_parent(level, res, width)
+                same = {"low": low, "high": high}.get(side) if side else None
+                key = same if same else (direction, level, width)
+                if key not in measured:
+                    log(f"scoring {direction} R={level}" + (f" smooth {width:g}" if width else ""))
+                    G = direction_blends(base, toon, direction, level, width, cfg.mapping_from)
+                    measure(key, G)
+                k, dist, grid_rows = measured[key]
+                ident = float(dist.mean())
+                rows.append(
+                    LevelScore(
+                        direction=direction,
+                        level=level,
+                        width=width,
+                        low=low,
+                        high=high,
+                        same_as=same,
+                        kid=k,
+                        style_norm=normalised(k, kid_toon, kid_base),
+                        identity_mean=ident,
+                        identity_norm=normalised(ident, 0.0, toon_identity),
+                        share_changed=float((dist > cfg.identity_threshold).mean()),
+                        keeps_identity=bool(
+                            (dist > cfg.identity_threshold).mean() <= cfg.max_changed
+                        ),
+                        distances=[float(d) for d in dist],
+                    )
                 )
-            )
-            cells.append(grid_rows)
-            labels.append(f"R={level}" + (f" ={same}" if same else ""))
-        grids[direction] = level_grid(cells, labels, res)
+                cells.append(grid_rows)
+                labels.append(f"R={level}" + (f" ={same}" if same else ""))
+            name = direction if len(cfg.widths) == 1 else f"{direction}_smooth{width:g}"
+            grids[name] = level_grid(cells, labels, res)
     return rows, grids
 
 
@@ -354,7 +390,9 @@ def search(
 
 def rank_key(row: LevelScore) -> tuple:
     """Order of preference among rows that keep identity (see the module docstring)."""
-    return (row.kid, row.identity_mean, list(DIRECTIONS).index(row.direction), row.level)
+    return (
+        row.kid, row.identity_mean, list(DIRECTIONS).index(row.direction), row.width, row.level
+    )  # fmt: skip
 
 
 def candidates(rows: Sequence[LevelScore]) -> list[LevelScore]:
@@ -388,7 +426,7 @@ def recommend(
 def blend_command(row: LevelScore, base: str, toon: str, cfg: SearchConfig, out: str) -> str:
     """The ``toon-teacher blend`` command line that writes this row's blend."""
     files = {"base": base, "toon": toon}
-    smooth = f" --smooth {cfg.width:g}" if cfg.width else ""
+    smooth = f" --smooth {row.width:g}" if row.width else ""
     return (
         f"toon-teacher blend --low {files[row.low]} --high {files[row.high]} "
         f"--swap-res {row.level} --mapping-from {mapping_side(row.direction, cfg.mapping_from)}"
@@ -407,14 +445,14 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def format_table(rows: Sequence[LevelScore], best: LevelScore | None) -> str:
     """A markdown table of every row (``*`` marks the recommendation)."""
     lines = [
-        "| direction | R | same as | style KID | style (0=toon, 1=base) | identity distance | "
-        "share changed | keeps identity |",
-        "|---|---:|---|---:|---:|---:|---:|---|",
+        "| direction | R | smooth | same as | style KID | style (0=toon, 1=base) | "
+        "identity distance | share changed | keeps identity |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         mark = " *" if r is best else ""
         lines.append(
-            f"| {r.direction}{mark} | {r.level} | {r.same_as or ''} | {r.kid:.5f} | "
+            f"| {r.direction}{mark} | {r.level} | {r.width:g} | {r.same_as or ''} | {r.kid:.5f} | "
             f"{_fmt(r.style_norm, '.2f')} | {r.identity_mean:.3f} | {r.share_changed:.2f} | "
             f"{'yes' if r.keeps_identity else 'no'} |"
         )
@@ -471,21 +509,29 @@ def draw_plot(
     d.text(((left + w - right) / 2, h - bottom + 32), xlabel, fill="black", font=font, anchor="mm")
     d.text((10, top - 30), "identity: mean distance to the base's render", fill="black", font=font)
     d.text((w - right, top - 30), threshold_note, fill="black", font=font, anchor="ra")
+    widths = sorted({r.width for r in rows})
     for n, (direction, colour) in enumerate(COLOURS.items()):
-        pts = [
-            (px(x, y), r) for x, y, r in zip(xs, ys, rows, strict=True) if r.direction == direction
-        ]
-        d.line([p for p, _ in pts], fill=colour, width=2)
-        for (x, y), r in pts:
-            box = [x - 4, y - 4, x + 4, y + 4]
-            d.ellipse(box, outline=colour, fill=colour if r.keeps_identity else "white", width=2)
-            dy = -12 if n == 0 else 12
-            d.text((x, y + dy), str(r.level), fill=colour, font=font, anchor="mm")
-            if r is best:
-                d.ellipse([x - 9, y - 9, x + 9, y + 9], outline="black", width=2)
+        for width in widths:  # one line per direction and width (lighter: smoother)
+            pts = [
+                (px(x, y), r)
+                for x, y, r in zip(xs, ys, rows, strict=True)
+                if r.direction == direction and r.width == width
+            ]
+            shade = widths.index(width) / max(len(widths), 2)
+            c = tuple(round(v + (255 - v) * shade) for v in colour)
+            d.line([p for p, _ in pts], fill=c, width=2)
+            for (x, y), r in pts:
+                box = [x - 4, y - 4, x + 4, y + 4]
+                d.ellipse(box, outline=c, fill=c if r.keeps_identity else "white", width=2)
+                dy = -12 if n == 0 else 12
+                label = str(r.level) + (f"~{r.width:g}" if r.width else "")
+                d.text((x, y + dy), label, fill=c, font=font, anchor="mm")
+                if r is best:
+                    d.ellipse([x - 9, y - 9, x + 9, y + 9], outline="black", width=2)
         lx = left + 260 * n
         d.line([lx, h - 14, lx + 24, h - 14], fill=colour, width=2)
-        d.text((lx + 30, h - 14), direction, fill=colour, font=font, anchor="lm")
+        key = direction + (" (R~smooth)" if len(widths) > 1 else "")
+        d.text((lx + 30, h - 14), key, fill=colour, font=font, anchor="lm")
     return img
 
 
@@ -527,6 +573,7 @@ def build_report(
         return {
             "direction": r.direction,
             "level": r.level,
+            "width": r.width,
             "same_as": r.same_as,
             "kid": r.kid,
             "style_norm": r.style_norm,
@@ -538,6 +585,7 @@ def build_report(
 
     settings = asdict(cfg)
     settings["seeds"] = list(cfg.seeds)
+    settings["widths"] = list(cfg.widths)
     return {
         "settings": settings,
         "inputs": inputs,
@@ -550,7 +598,8 @@ def build_report(
 
 RULE = (
     "a row keeps identity when its share of seeds whose identity distance (base render vs blend "
-    "render of the same w) exceeds the threshold is at most max_changed; among rows that keep "
+    "render of the same w; with photos: photo vs photo + blend(w) - base(w)) exceeds the "
+    "threshold is at most max_changed; among rows that keep "
     "identity, not equal to the base, each parent counted once, the lowest style KID wins (ties: "
     "lower mean identity distance, then structure-from-base, then the lower level)"
 )
@@ -589,6 +638,8 @@ def run_search(
     style_net: str | os.PathLike | None = None,
     inception: str | os.PathLike | None = None,
     identity_net: str | os.PathLike | None = None,
+    photos: str | os.PathLike | None = None,
+    encoder: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = lambda msg: None,
 ) -> tuple[dict[str, Any], str]:
@@ -624,13 +675,22 @@ def run_search(
         raise BlendSearchError(
             f"--data {data}: not found; pass the aligned game set (folder or zip) you fine-tuned on"
         )
+    if (photos is None) != (encoder is None):
+        raise BlendSearchError(
+            "scoring on real photos needs both --photos DIR (aligned photos) and --encoder FILE "
+            "(toon-teacher encoder train, for the base) to code them"
+        )
     base = load_generator(base_path).to(device)
     toon = load_generator(toon_path).to(device)
     check_same_arch(base, toon)
     log("reading the game set")
     game = dataset_features(data, style, base.img_resolution, base.img_channels, cfg.batch)
+    coded = None
+    if photos is not None:
+        log("coding the photos")
+        coded = code_photos(photos, encoder or "", base, cfg.batch, base_path, log)
 
-    rows, grids = search(base, toon, game, style, identity, cfg, log)
+    rows, grids = search(base, toon, game, style, identity, cfg, log, coded)
     best, alternatives = recommend(rows, cfg.alternatives)
     inputs = describe_inputs(
         base=base_path,
@@ -640,6 +700,10 @@ def run_search(
         identity_net=identity_net,
     )
     inputs["data"] = {"path": str(data), "images": int(game.shape[0])}
+    if coded is not None:
+        inputs["photos"] = {"path": str(photos), "images": int(coded[0].shape[0])}
+        inputs["encoder"] = describe_inputs(encoder=encoder)["encoder"]
+    inputs["scored_on"] = "delta images of the photos" if coded is not None else "seed renders"
     inputs["identity"] = "identity-net L2" if identity_net else "dlib face descriptor"
     report = build_report(rows, best, alternatives, cfg, inputs, str(base_path), str(toon_path))
     text = format_table(rows, best) + "\n\n" + summary_lines(report, cfg)
@@ -648,6 +712,41 @@ def run_search(
     )
     write_outputs(out, report, text, draw_plot(rows, best, note), grids)
     return report, text
+
+
+@torch.no_grad()
+def code_photos(
+    folder: str | os.PathLike,
+    encoder_path: str | os.PathLike,
+    base: Generator,
+    batch: int,
+    base_path: str | os.PathLike | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The aligned photos of ``folder`` (folder or zip at the base's resolution, read like the
+    game set) as uint8 ``[N, C, H, W]`` on the CPU, and their W+ codes from the encoder (its
+    passes rendered by ``base``) on the base's device."""
+    from teacher.encoder import check_pair, load_encoder
+
+    ds = ImageDataset(folder, resolution=base.img_resolution, channels=base.img_channels)
+    if len(ds) < 2:
+        raise BlendSearchError(f"--photos {folder}: KID needs at least 2 photos, found {len(ds)}")
+    if not Path(encoder_path).is_file():
+        raise BlendSearchError(
+            f"--encoder {encoder_path}: not found; train one for the base with toon-teacher "
+            "encoder train"
+        )
+    device = next(base.parameters()).device
+    E = load_encoder(encoder_path).to(device).eval()
+    warning = check_pair(E, base, base_path)
+    if warning:
+        log(f"warning: {warning}")
+    images = torch.from_numpy(np.stack([ds[i][0] for i in range(len(ds))]))
+    codes = []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch].to(device).float() / 127.5 - 1
+        codes.append(E.invert(x, base))
+    return images, torch.cat(codes)
 
 
 def summary_lines(report: dict[str, Any], cfg: SearchConfig) -> str:

@@ -145,14 +145,18 @@ def cmd_blend_search(args: argparse.Namespace) -> int:
         )
     if not 0 <= args.max_changed <= 1:
         raise ValueError(f"--max-changed must be a share from 0 to 1, got {args.max_changed}")
-    width = args.width
-    if not (width >= 0 and width < float("inf")):
-        raise ValueError(f"--width must be >= 0 (0 = hard switch), got {width}")
+    try:
+        widths = tuple(dict.fromkeys(float(w) for w in args.width.split(",")))
+    except ValueError:
+        raise ValueError(f"--width must be a comma list of numbers, got {args.width!r}") from None
+    for width in widths:
+        if not (width >= 0 and width < float("inf")):
+            raise ValueError(f"--width must be >= 0 (0 = hard switch), got {width}")
     cfg = SearchConfig(
         seeds=tuple(parse_seeds(args.seeds)),
         truncation_psi=args.truncation_psi,
         mapping_from=args.mapping_from,
-        width=width,
+        widths=widths,
         identity_threshold=0.6 if args.identity_threshold is None else args.identity_threshold,
         max_changed=args.max_changed,
         alternatives=args.alternatives,
@@ -167,6 +171,8 @@ def cmd_blend_search(args: argparse.Namespace) -> int:
         style_net=args.style_net,
         inception=args.inception,
         identity_net=args.identity_net,
+        photos=args.photos,
+        encoder=args.encoder,
         device=pick_device(args.device),
         log=lambda msg: print(msg, file=sys.stderr),
     )
@@ -191,8 +197,11 @@ BLEND_DESCRIPTION = (
 BLEND_SEARCH_DESCRIPTION = (
     "Score every swap level R in {0, 4, ..., resolution} in both directions: "
     "structure-from-base (--low base --high toon) and structure-from-toon (--low toon --high "
-    "base). R=0 of one direction and R=resolution of the other are the same parent (hard "
-    "switch); such rows are flagged and counted once. Style: KID between the blend's renders "
+    "base), at every --smooth width given (default 0: the hard switch). R=0 of one direction "
+    "and R=resolution of the other are the same parent (hard switch); such rows are flagged and "
+    "counted once. With --photos and --encoder every generator is scored on the photos' delta "
+    "images, photo + G(w) - base(w) (w: the photo's code), instead of seed renders: the "
+    "targets of toon-pairs generate --target delta. Style: KID between the blend's renders "
     "(seeds through --mapping-from's mapping at --trunc) and the game set, in the space of "
     "--style-net or --inception (never the model's own discriminator), normalised so 0 = the "
     "fine-tuned model's own renders and 1 = the base's. Identity: per seed, distance between "
@@ -348,9 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--width",
         "--smooth",
         dest="width",
-        type=float,
-        default=0.0,
-        help="smooth switch width in octaves (default 0: hard switch)",
+        default="0",
+        metavar="W[,W...]",
+        help="smooth switch widths in octaves, each searched at every level (default 0: hard "
+        "switch; e.g. 0,0.5,1)",
+    )
+    pq.add_argument(
+        "--photos",
+        default=None,
+        metavar="DIR",
+        help="score on real aligned photos (folder or zip at the generator's resolution) instead "
+        "of seed renders: each blend's delta image photo + blend(w) - base(w), w from --encoder "
+        "(what toon-pairs generate --target delta trains the student on)",
+    )
+    pq.add_argument(
+        "--encoder",
+        default=None,
+        metavar="FILE",
+        help="inversion encoder of the base that codes --photos (toon-teacher encoder train)",
     )
     pq.add_argument(
         "--style-net",

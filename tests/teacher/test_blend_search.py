@@ -179,6 +179,7 @@ def row(direction, level, kid, share, ident=0.1, same=None, max_changed=0.2):
     return LevelScore(
         direction=direction,
         level=level,
+        width=0.0,
         low=DIRECTIONS[direction][0],
         high=DIRECTIONS[direction][1],
         same_as=same,
