@@ -163,15 +163,9 @@ def landmark_error(scenes: list[dict], size: int) -> dict:
 # The oracle student
 
 
-def write_pairs_folder(
-    folder: Path,
-    src: np.ndarray,
-    dst: np.ndarray,
-    shard: int = 500,
-    kind: str = "oracle: true (photo, game) pairs, for measurement only",
-) -> Path:
+def write_pairs_folder(folder: Path, src: np.ndarray, dst: np.ndarray, shard: int = 500) -> Path:
     """A pairs dataset from uint8 arrays [N, S, S, 3], written with the shard format's own
-    writer (``pairs.shards.ShardWriter``) and manifest builder; ``kind`` says what they are."""
+    writer (``pairs.shards.ShardWriter``) and manifest builder."""
     from pairs.shards import (
         FORMAT,
         FORMAT_VERSION,
@@ -191,7 +185,7 @@ def write_pairs_folder(
         "count": n,
         "shard_size": shard,
         "num_shards": -(-n // shard),
-        "config": {"kind": kind},
+        "config": {"kind": "oracle: true (photo, game) pairs, for measurement only"},
         "teachers": {},
     }
     entries = []
@@ -199,7 +193,7 @@ def write_pairs_folder(
         writer = ShardWriter(folder, i)
         stop = min(start + shard, n)
         for k in range(start, stop):
-            meta = json.dumps({"k": k, "kind": kind.split(":")[0]}).encode()
+            meta = json.dumps({"k": k, "kind": "oracle"}).encode()
             members = {"src.png": encode_png(src[k]), "dst.png": encode_png(dst[k]), "json": meta}
             writer.add(pair_key(k), members)
         sha, size = writer.commit()

@@ -202,20 +202,6 @@ def choose_blend(out, scale, base, finetuned, game, blended, teacher_main) -> li
     return words
 
 
-def merge_pairs(folder: Path, sources: list[Path]) -> Path:
-    """One pairs dataset holding every pair of ``sources`` in order (the student reads one)."""
-    from demo.diagnose import write_pairs_folder
-    from pairs.shards import iter_pairs
-
-    src, dst = [], []
-    for root in sources:
-        for _key, s, d, _meta in iter_pairs(root):
-            src.append(s)
-            dst.append(d)
-    kind = "merged: " + ", ".join(p.name for p in sources)
-    return write_pairs_folder(folder, np.stack(src), np.stack(dst), shard=1000, kind=kind)
-
-
 def train_student(scale: Scale, pairs: Path, outdir: Path, seed: int, student_main) -> Path:
     """``toon-student train`` at the scale's size with one seed; returns the student file."""
     argv = ["train", "--preset", "tiny", "--pairs", str(pairs), "--outdir", str(outdir)]
@@ -447,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         photo_set = out / "pairs-photos"
         run("toon-pairs", pairs_main, [*enc_argv, "--photos", str(photos), "--target", "delta",
                                       "--shard-size", "1000", "--out", str(photo_set)])  # fmt: skip
-        student_pairs = merge_pairs(out / "pairs-mixed", [pairs, photo_set])
+        student_pairs = out / "pairs-mixed"
+        run("toon-pairs", pairs_main, ["merge", str(pairs), str(photo_set), "--out",
+                                      str(student_pairs)])  # fmt: skip
     run(
         "toon-pairs",
         pairs_main,

@@ -103,6 +103,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Copy the pairs of several finished datasets into one new dataset."""
+    from pairs.merge import merge_datasets
+
+    man = merge_datasets(
+        args.dirs, args.out, args.shard_size, log=lambda msg: print(msg, file=sys.stderr)
+    )
+    parts = ", ".join(f"{s['folder']} {s['count']}" for s in man["config"]["sources"])
+    print(f"{args.out}: {man['count']} pairs in {man['num_shards']} shards ({parts})")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every shard (read-only unless --update-manifest); exit status 1 when any is
     missing or corrupt, or manifest.json does not list the finished shards."""
@@ -302,9 +314,27 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def add_generate_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``generate``, ``verify``, ``preview`` and ``stats`` on ``toon-pairs``'s
-    subparsers (each sets ``func`` to a command returning an exit code)."""
+    """Register ``generate``, ``merge``, ``verify``, ``preview`` and ``stats`` on
+    ``toon-pairs``'s subparsers (each sets ``func`` to a command returning an exit code)."""
     _add_generate(sub)
+
+    p = sub.add_parser(
+        "merge",
+        help="copy several finished pairs datasets into one (e.g. z pairs and real-photo pairs)",
+        description=(
+            "Copy every pair of the finished datasets DIR... (same resolution) into the new "
+            "dataset --out, in the order given, renumbered from 0, images copied byte for byte; "
+            "each pair's JSON records its source dataset and key, and the manifest lists the "
+            "sources. toon-student train reads one dataset: merge z pairs and real-photo pairs "
+            "first. Written under a temporary name and renamed when complete."
+        ),
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="finished pairs datasets")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new dataset (must not exist)")
+    p.add_argument(
+        "--shard-size", type=_positive, default=1000, help="pairs per shard (default 1000)"
+    )
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser(
         "verify",

@@ -680,6 +680,13 @@ def run_search(
             "scoring on real photos needs both --photos DIR (aligned photos) and --encoder FILE "
             "(toon-teacher encoder train, for the base) to code them"
         )
+    if encoder is not None and not Path(encoder).is_file():
+        raise BlendSearchError(
+            f"--encoder {encoder}: not found; train one for the base with toon-teacher encoder "
+            "train"
+        )
+    if photos is not None and not Path(photos).exists():
+        raise BlendSearchError(f"--photos {photos}: not found; pass aligned photos (folder or zip)")
     base = load_generator(base_path).to(device)
     toon = load_generator(toon_path).to(device)
     check_same_arch(base, toon)
@@ -731,11 +738,6 @@ def code_photos(
     ds = ImageDataset(folder, resolution=base.img_resolution, channels=base.img_channels)
     if len(ds) < 2:
         raise BlendSearchError(f"--photos {folder}: KID needs at least 2 photos, found {len(ds)}")
-    if not Path(encoder_path).is_file():
-        raise BlendSearchError(
-            f"--encoder {encoder_path}: not found; train one for the base with toon-teacher "
-            "encoder train"
-        )
     device = next(base.parameters()).device
     E = load_encoder(encoder_path).to(device).eval()
     warning = check_pair(E, base, base_path)

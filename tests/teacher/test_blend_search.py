@@ -330,3 +330,84 @@ def test_dlib_identity_upsamples_small_renders():
     except Exception as e:  # face-recognition-models missing: nothing to test here
         pytest.skip(f"dlib models unavailable: {e}")
     assert feats.shape == (2, 128)
+
+
+def test_photo_mode_scores_delta_images_by_hand_and_widths_add_rows(tmp_path):
+    """``--photos --encoder``: a generator is scored on photo + G(w) - base(w) (w: the photo's
+    code), the base on the photos themselves; every width of ``widths`` gets its rows, and a
+    smooth row's blend command carries ``--smooth``."""
+    from teacher.blend_search import blend_command, code_photos
+    from teacher.encoder import encoder_for, save_encoder
+
+    base, toon = parents()
+    style = torchscript_features(feature_net(8, seed=10), torch.device("cpu"), "style")
+    identity = torchscript_features(feature_net(4, seed=11), torch.device("cpu"), "identity")
+    data = game_folder(tmp_path / "game", toon, range(100, 106))
+    game = dataset_features(data, style, 16, 3, 4)
+    torch.manual_seed(3)
+    E = encoder_for(base, dict(channel_base=128, channel_max=16, head_channels=4, hidden=32), 500)
+    with torch.no_grad():
+        E.to_delta.bias.normal_(0, 0.5)
+    enc = save_encoder(E, tmp_path / "enc.safetensors", {"file": "base", "sha256": ""})
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    photos = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)  # as many as game images
+    for i, p in enumerate(photos):
+        Image.fromarray(p).save(folder / f"p{i}.png")
+    coded = code_photos(folder, enc, base, 2)
+    assert np.array_equal(coded[0].permute(0, 2, 3, 1).numpy(), photos)
+    cfg = SearchConfig(identity_threshold=0.05, max_changed=0.5, grid_seeds=2, widths=(0.0, 1.0))
+    rows, grids = search(base, toon, game, style, identity, cfg, photos=coded)
+    assert [(r.direction, r.width, r.level) for r in rows] == [
+        (d, w, level) for d in DIRECTIONS for w in (0.0, 1.0) for level in (0, 4, 8, 16)
+    ]
+    assert set(grids) == {f"{d}_smooth{w:g}" for d in DIRECTIONS for w in (0, 1)}
+    by = {(r.direction, r.width, r.level): r for r in rows}
+    assert by["structure-from-base", 0.0, 16].same_as == "base"
+    assert by["structure-from-base", 0.0, 16].identity_mean == 0.0
+
+    # A smooth inner row recomputed by hand on the delta images of the photos.
+    x = torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        ws = E.invert(x, base)
+        G = direction_blends(base, toon, "structure-from-toon", 8, 1.0, "base")
+        change = G.synthesis(ws, noise_mode="const", force_fp32=True) - base.synthesis(
+            ws, noise_mode="const", force_fp32=True
+        )
+    delta = np.clip(np.floor(photos + change.permute(0, 2, 3, 1).numpy() * 127.5 + 0.5), 0, 255)
+    delta = torch.from_numpy(delta.astype(np.uint8)).permute(0, 3, 1, 2)
+    raw = torch.from_numpy(photos).permute(0, 3, 1, 2)
+    row = by["structure-from-toon", 1.0, 8]
+    assert row.kid == pytest.approx(hand_mmd2(style(delta), game), rel=1e-6, abs=1e-9)
+    dist = np.linalg.norm(identity(delta) - identity(raw), axis=1)
+    np.testing.assert_allclose(row.distances, dist, rtol=1e-5, atol=1e-6)
+    # The same row scored on seed renders differs: the photos are what is measured.
+    seed_rows, _ = search(base, toon, game, style, identity, cfg)
+    other = {(r.direction, r.width, r.level): r for r in seed_rows}["structure-from-toon", 1.0, 8]
+    assert abs(other.kid - row.kid) > 1e-6
+    assert "--smooth 1 " in blend_command(row, "B", "T", cfg, "o.safetensors")
+    assert "--smooth" not in blend_command(by["structure-from-toon", 0.0, 8], "B", "T", cfg, "o")
+
+
+def test_photo_mode_errors_are_one_line(tmp_path, capsys):
+    base, toon = parents()
+    save_network(base, tmp_path / "base.safetensors")
+    save_network(toon, tmp_path / "toon.safetensors")
+    game_folder(tmp_path / "game", toon, range(4))
+    net = tmp_path / "net.pt"
+    feature_net(4, seed=1).save(str(net))
+    common = ["blend-search", "--base", str(tmp_path / "base.safetensors"), "--toon",
+              str(tmp_path / "toon.safetensors"), "--data", str(tmp_path / "game"),
+              "--style-net", str(net), "--identity-net", str(net), "--identity-threshold", "1",
+              "--seeds", "0-3", "--device", "cpu", "--out", str(tmp_path / "out")]  # fmt: skip
+    for extra, msg in (
+        (["--photos", str(tmp_path / "game")], "needs both --photos DIR"),
+        (["--photos", str(tmp_path / "game"), "--encoder", str(tmp_path / "no.safetensors")],
+         "no.safetensors: not found"),
+        (["--smooth", "0,x"], "--width must be a comma list"),
+        (["--smooth", "0,-1"], "--width must be >= 0"),
+    ):  # fmt: skip
+        assert main(common + extra) != 0
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err  # before any progress line
