@@ -1,6 +1,6 @@
 """How close a fine-tuned teacher's drawing of a face comes to its game-style truth.
 
-``python -m demo.finetune_check --toon runs/game/network-snapshot-000020.safetensors``
+``python -m demo.finetune_check --toon runs/game/network-snapshot-000020.safetensors [--scenes 24]``
 
 The protocol of demo/README.md's fine-tune table. ``--faces`` held-out photo-style faces (the
 demo's held-out stream) are projected into the shipped base (W+, ``--steps`` steps; cached in
@@ -14,7 +14,12 @@ the game-style truth over the unchanged photo's L1 (1 = doing nothing, lower is 
 - ``blends``: each swap level in both directions (``coarse_from_base``: levels up to R from
   the base, the rest from the fine-tuned model; ``coarse_from_toon``: the opposite), each with
   the judges' share called game style and identity error over the truth's;
-- ``judges`` on the unblended render.
+- ``judges`` on the unblended render;
+- with ``--scenes N``, ``user_path``: the teacher itself as a model through ``toon-infer``'s
+  path on the outcome's ``N`` held-out scenes (:mod:`demo.outcome`; each aligned crop coded by
+  the shipped encoder): ``delta`` (crop + toon(w) - base(w), what ``--target delta`` pairs
+  teach) and ``render`` (toon(w), what render pairs teach), with the oracle for the share of
+  the gap closed. ``--toon`` may be any generator of the base's architecture (a blend too).
 
 The procedural truth is used for measurement only.
 """
@@ -124,6 +129,40 @@ def check(toon_file: Path, base_file: Path, faces: int, steps: int, work: Path) 
     return report
 
 
+def user_path(toon_file: Path, base_file: Path, scenes: int) -> dict:
+    """The teacher's delta and render as models through toon-infer's path (module docstring)."""
+    from demo.diagnose import onnx_model
+    from demo.judges import load_judges
+    from demo.outcome import measure, oracle_asset, prepare
+    from teacher import load_generator
+    from teacher.encoder import load_encoder
+
+    base, toon = load_generator(base_file).eval(), load_generator(toon_file).eval()
+    E = load_encoder(REPO / "demo" / "assets" / "encoder32.safetensors").eval()
+
+    def model(kind: str):
+        @torch.no_grad()
+        def run(crops: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
+            ws = E.invert(x, base)
+            y = toon.synthesis(ws, noise_mode="const", force_fp32=True)
+            if kind == "delta":
+                y = x + y - base.synthesis(ws, noise_mode="const", force_fp32=True)
+            y = (y * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+            return y.permute(0, 2, 3, 1).numpy()
+
+        return run
+
+    size = base.img_resolution
+    judges_file = REPO / "demo" / "assets" / f"judges{size}.safetensors"
+    judges = load_judges(judges_file) if judges_file.exists() else None
+    models = {"oracle": onnx_model(oracle_asset(size)), "delta": model("delta")}
+    models["render"] = model("render")
+    rows = measure(models, prepare(scenes, size), judges)
+    keys = ("ratio", "gap_closed", "better_than_nothing", "eyes_ratio", "outline_ratio", "judges")
+    return {name: {k: rows[name].get(k) for k in keys} for name in ("delta", "render")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--toon", required=True, help="the fine-tuned generator (a snapshot)")
@@ -133,9 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=str(REPO / "demo" / "out-finetune-check"))
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--out", default=None, help="also write the report here (JSON)")
+    ap.add_argument(
+        "--scenes", type=int, default=0,
+        help="also measure the teacher through toon-infer's path on N held-out scenes (24)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = check(Path(args.toon), Path(args.base), args.faces, args.steps, Path(args.work))
+    if args.scenes:
+        report["user_path"] = user_path(Path(args.toon), Path(args.base), args.scenes)
     text = json.dumps(report, indent=2)
     if args.out:
         from common.files import atomic_write_text

@@ -179,16 +179,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"(src {st['src_png_bytes_mean'] / 1e3:.1f} kB, "
             f"dst {st['dst_png_bytes_mean'] / 1e3:.1f} kB)"
         )
-    line = f"latents: {cfg['latent_kind']}, seed {cfg['seed']}, noise {cfg['noise_mode']}"
-    if cfg["latent_kind"] == "z":
-        line += f", truncation {cfg['truncation_psi']}"
-        if cfg["mix_prob"] or cfg["perturb_std"]:
-            line += f", mix {cfg['mix_prob']}, perturb {cfg['perturb_std']}"
-    print(line + f"; batch {cfg['batch']}, {cfg['precision']}")
-    for role in ("base", "toon"):
-        t = st["teachers"].get(role)
-        if t:
-            print(f"{role}: {t['file']} (sha256 {t['sha256'][:12]})")
+    if cfg.get("kind") == "merged":
+        parts = ", ".join(f"{s['folder']} ({s['count']} pairs)" for s in cfg["sources"])
+        print(f"merged from: {parts}")
+    else:
+        line = f"latents: {cfg['latent_kind']}, seed {cfg['seed']}, noise {cfg['noise_mode']}"
+        if cfg["latent_kind"] == "z":
+            line += f", truncation {cfg['truncation_psi']}"
+            if cfg["mix_prob"] or cfg["perturb_std"]:
+                line += f", mix {cfg['mix_prob']}, perturb {cfg['perturb_std']}"
+        if cfg.get("target", "render") != "render":
+            line += f", {cfg['target']} targets"
+        print(line + f"; batch {cfg['batch']}, {cfg['precision']}")
+        for role in ("base", "toon"):
+            t = st["teachers"].get(role)
+            if t:
+                print(f"{role}: {t['file']} (sha256 {t['sha256'][:12]})")
     if cfg.get("latents"):
         print(f"projected latents: {cfg['latents']['file']}, photos: {cfg['photos']['folder']}")
     if cfg.get("encoder"):

@@ -2,9 +2,11 @@
 
 The pairs of the sources are copied in order (source by source, key order within each) without
 decoding or re-encoding their images, and renumbered from 0. Each pair's ``json`` member gains
-``"merged_from": {"dataset": <source folder name>, "key": <its key there>}``. The manifest's
-``config`` lists the sources (folder name, count, ``config_sha256`` and the sha256 of their
-manifests), so the merged set says exactly what it was made of; ``teachers`` lists each source's.
+``"merged_from": {"dataset": <source folder name>, "key": <its key there>}`` and its ``index``
+becomes the new one. The manifest's ``config`` lists the sources (folder name, count,
+``config_sha256`` and the sha256 of their manifests), so the merged set says exactly what it was
+made of; ``teachers`` lists each source's. Every shard gets its sidecar, so ``toon-pairs
+verify`` checks a merged dataset like a generated one.
 
 The result is written into a hidden temporary folder beside ``out`` and renamed into place when
 complete, so a killed merge leaves nothing under the final name.
@@ -82,6 +84,10 @@ def merge_datasets(
     tmp.mkdir()
     try:
         done = _copy(opened, tmp, shard_size, count, log)
+        for entry in done:  # the finished-shard records toon-pairs verify checks
+            record = {"format": shards.SIDECAR_FORMAT, "format_version": shards.FORMAT_VERSION}
+            record.update(config_sha256=static["config_sha256"], written={"by": "merge"})
+            shards.write_sidecar(tmp, {**record, **entry})
         atomic_write_bytes(tmp / shards.MANIFEST_NAME, shards.manifest_bytes(static, done))
         os.replace(tmp, out)
     except BaseException:
@@ -113,6 +119,7 @@ def _copy(opened: list, tmp: Path, shard_size: int, count: int, log) -> list[dic
                         f"{sample['__url__']}: pair {sample['__key__']} has unreadable JSON"
                     ) from None
                 meta["merged_from"] = {"dataset": root.name, "key": sample["__key__"]}
+                meta["index"] = k
                 members["json"] = json.dumps(meta, sort_keys=True).encode()
                 assert writer is not None
                 writer.add(shards.pair_key(k), members)

@@ -55,6 +55,10 @@ def test_merge_copies_every_pair_in_order_and_records_the_sources(sets, tmp_path
         assert m2["merged_from"] == {"dataset": name, "key": key}
         assert m2["seed"] == meta["seed"]
     assert open_pairs(out).count == 8  # the student reads it
+    assert cli(["verify", str(out), "--deep"]) == 0  # sidecars and hashes check out
+    assert "8/8 pairs" in capsys.readouterr().out
+    assert cli(["stats", str(out)]) == 0
+    assert "merged from: a (5 pairs), b (3 pairs)" in capsys.readouterr().out
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
