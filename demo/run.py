@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             "--preset",
             "tiny",
             "--batch",
-            "16" if scale.name == "demo" else "8",
+            "8" if scale.name == "smoke" else "16",
             "--kimg",
             str(scale.finetune_kimg),
             "--tick-kimg",
