@@ -129,6 +129,26 @@ def check(toon_file: Path, base_file: Path, faces: int, steps: int, work: Path) 
     return report
 
 
+def teacher_models(toon, base, encoder) -> dict:
+    """A teacher as two crop -> crop models (uint8 [N, S, S, 3]): ``delta`` (crop + toon(w) -
+    base(w)) and ``render`` (toon(w)), w the encoder's code of the crop."""
+
+    def model(kind: str):
+        @torch.no_grad()
+        def run(crops: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
+            ws = encoder.invert(x, base)
+            y = toon.synthesis(ws, noise_mode="const", force_fp32=True)
+            if kind == "delta":
+                y = x + y - base.synthesis(ws, noise_mode="const", force_fp32=True)
+            y = (y * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+            return y.permute(0, 2, 3, 1).numpy()
+
+        return run
+
+    return {"delta": model("delta"), "render": model("render")}
+
+
 def user_path(toon_file: Path, base_file: Path, scenes: int) -> dict:
     """The teacher's delta and render as models through toon-infer's path (module docstring)."""
     from demo.diagnose import onnx_model
@@ -139,25 +159,10 @@ def user_path(toon_file: Path, base_file: Path, scenes: int) -> dict:
 
     base, toon = load_generator(base_file).eval(), load_generator(toon_file).eval()
     E = load_encoder(REPO / "demo" / "assets" / "encoder32.safetensors").eval()
-
-    def model(kind: str):
-        @torch.no_grad()
-        def run(crops: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
-            ws = E.invert(x, base)
-            y = toon.synthesis(ws, noise_mode="const", force_fp32=True)
-            if kind == "delta":
-                y = x + y - base.synthesis(ws, noise_mode="const", force_fp32=True)
-            y = (y * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-            return y.permute(0, 2, 3, 1).numpy()
-
-        return run
-
     size = base.img_resolution
     judges_file = REPO / "demo" / "assets" / f"judges{size}.safetensors"
     judges = load_judges(judges_file) if judges_file.exists() else None
-    models = {"oracle": onnx_model(oracle_asset(size)), "delta": model("delta")}
-    models["render"] = model("render")
+    models = {"oracle": onnx_model(oracle_asset(size)), **teacher_models(toon, base, E)}
     rows = measure(models, prepare(scenes, size), judges)
     keys = ("ratio", "gap_closed", "better_than_nothing", "eyes_ratio", "outline_ratio", "judges")
     return {name: {k: rows[name].get(k) for k in keys} for name in ("delta", "render")}
