@@ -11,6 +11,13 @@ With the hard switch the endpoints coincide: R = 0 of one direction and R = reso
 other are the same parent. Such rows are flagged (``same_as``), computed once and count once in
 the recommendation.
 
+Every level is scored at each smooth switch width of ``widths`` (``--smooth 0,0.5,1``; 0 is the
+hard switch). With ``--photos DIR --encoder FILE`` the blends are scored on real photos instead of
+seed renders: photo k's code w (the encoder's, its passes rendered by the base) gives the *delta
+image* ``photo + G(w) - base(w)`` of each generator G, and the base's image is the photo itself;
+style and identity below are then measured on those images (what ``toon-pairs generate --target
+delta`` makes its targets of).
+
 All renders use the same ws: ``z`` of seed k (:func:`teacher.sample.seed_latent`) through the
 mapping of ``mapping_from`` (the base by default, as ``toon-pairs generate`` maps its latents)
 with truncation ``truncation_psi``; noise ``const``; renders are quantised to uint8 like saved
@@ -30,8 +37,9 @@ seeds whose distance is above the same-person threshold (dlib: 0.6).
 **Recommendation** (:func:`recommend`): a row keeps identity when ``share_changed <=
 max_changed``. Among the rows that keep identity, except those equal to the base (not a
 toonifier), the lowest KID wins (ties: lower mean identity distance, then structure-from-base,
-then the lower level). The alternatives are the next rows in that order. With no row keeping
-identity there is no recommendation; the rows that change the fewest faces are shown instead.
+then the narrower width, then the lower level). The alternatives are the next rows in that
+order. With no row keeping identity there is no recommendation; the rows that change the fewest
+faces are shown instead.
 """
 
 from __future__ import annotations
@@ -601,7 +609,8 @@ RULE = (
     "render of the same w; with photos: photo vs photo + blend(w) - base(w)) exceeds the "
     "threshold is at most max_changed; among rows that keep "
     "identity, not equal to the base, each parent counted once, the lowest style KID wins (ties: "
-    "lower mean identity distance, then structure-from-base, then the lower level)"
+    "lower mean identity distance, then structure-from-base, then the narrower width, then the "
+    "lower level)"
 )
 
 
