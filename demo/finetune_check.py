@@ -133,16 +133,18 @@ def teacher_models(toon, base, encoder) -> dict:
     """A teacher as two crop -> crop models (uint8 [N, S, S, 3]): ``delta`` (crop + toon(w) -
     base(w)) and ``render`` (toon(w)), w the encoder's code of the crop."""
 
+    from teacher.encoder import encode_images
+    from teacher.sample import to_uint8
+
     def model(kind: str):
         @torch.no_grad()
         def run(crops: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
-            ws = encoder.invert(x, base)
+            ws = encode_images(encoder, crops, max(len(crops), 1), base)
             y = toon.synthesis(ws, noise_mode="const", force_fp32=True)
             if kind == "delta":
+                x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
                 y = x + y - base.synthesis(ws, noise_mode="const", force_fp32=True)
-            y = (y * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-            return y.permute(0, 2, 3, 1).numpy()
+            return to_uint8(y)
 
         return run
 

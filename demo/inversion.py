@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def student_comparison(
     ``toon`` is the teacher (default the demo's blended model, whose z pairs and student the
     demo already made); ``target`` the real-photo pairs' target (``toon-pairs generate
     --target``: ``render`` or ``delta``)."""
-    from demo.diagnose import onnx_model, write_pairs_folder
+    from demo.diagnose import onnx_model
     from demo.outcome import measure, oracle_asset, prepare, spread
     from demo.run import SCALES, base_checkpoint, train_student
     from demo.synthetic import write_dataset
@@ -223,13 +224,13 @@ def student_comparison(
     if pairs_main([*argv, "--out", str(encoded)]) != 0:
         raise SystemExit("inversion: encoded pair generation failed")
     encoded_s = time.time() - t
-    src, dst = [], []
-    for root in (zpairs, encoded) if with_z else (encoded,):
-        for _key, s, d, _meta in iter_pairs(root):
-            src.append(s)
-            dst.append(d)
     tag = f"{'mixed' if with_z else 'photos'}-{kind}-{blended.stem}"
-    mixed = write_pairs_folder(work / f"pairs-{tag}", np.stack(src), np.stack(dst))
+    mixed = encoded
+    if with_z:  # one dataset for the student
+        mixed = work / f"pairs-{tag}"
+        shutil.rmtree(mixed, ignore_errors=True)
+        if pairs_main(["merge", str(zpairs), str(encoded), "--out", str(mixed)]) != 0:
+            raise SystemExit("inversion: merging the pairs failed")
     label = f"{'z + ' if with_z else ''}encoded pairs, {target} targets" + (
         f", refined {refine_steps} steps" if refine_steps else ""
     )

@@ -141,6 +141,16 @@ class _Launched:
         return RenderedBatch(self.j, self.ks, src, arrays[-1], self.style_mix)
 
 
+def _batch_photos(job: Job, ks: range, res: int) -> np.ndarray:
+    """The photos of pairs ``ks`` at ``res`` px, uint8 ``[len(ks), res, res, 3]``; rows past the
+    count (padding) are black."""
+    assert job.photo_paths is not None
+    photos = np.zeros([len(ks), res, res, 3], dtype=np.uint8)
+    for i, k in enumerate(range(ks.start, min(ks.stop, job.count))):
+        photos[i] = load_photo(job.photo_paths[k], res)
+    return photos
+
+
 @torch.no_grad()
 def launch_batch(job: Job, j: int) -> _Launched:
     """Start rendering batch ``j``: pairs ``[j*B, (j+1)*B)`` (padded past the count, see the
@@ -152,6 +162,7 @@ def launch_batch(job: Job, j: int) -> _Launched:
     dev = job.device
     force_fp32 = s["precision"] == "fp32"
     style_mix: list[int | None] = [None] * B
+    photos: np.ndarray | None = None  # real-photo pairs' inputs at some resolution, once read
     if s["latent_kind"] == "z":
         G = job.base
         assert G is not None
@@ -183,10 +194,7 @@ def launch_batch(job: Job, j: int) -> _Launched:
     elif s["latent_kind"] == "encoded":
         E = job.encoder
         assert E is not None and job.photo_paths is not None
-        R = E.img_resolution
-        photos = np.zeros([B, R, R, 3], dtype=np.uint8)  # padding rows: black images
-        for i, k in enumerate(range(ks.start, min(ks.stop, job.count))):
-            photos[i] = load_photo(job.photo_paths[k], R)
+        photos = _batch_photos(job, ks, E.img_resolution)
         x = _to_device(photos, dev).permute(0, 3, 1, 2).float() / 127.5 - 1
         ws = E.invert(x, job.base)
         models = [job.toon]
@@ -200,11 +208,10 @@ def launch_batch(job: Job, j: int) -> _Launched:
         models = [job.toon]
     delta = s.get("target") == "delta"
     if delta:  # photo + toon(ws) - base(ws), photos at the generator's resolution
-        assert job.base is not None and job.photo_paths is not None
+        assert job.base is not None
         R = job.toon.img_resolution
-        photos = np.zeros([B, R, R, 3], dtype=np.uint8)
-        for i, k in enumerate(range(ks.start, min(ks.stop, job.count))):
-            photos[i] = load_photo(job.photo_paths[k], R)
+        if photos is None or photos.shape[1] != R:  # encoded pairs read them above
+            photos = _batch_photos(job, ks, R)
         models = [job.base, job.toon]
 
     noise_mode = s["noise_mode"]

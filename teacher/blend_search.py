@@ -259,18 +259,15 @@ def seed_ws(G: Generator, seeds: Sequence[int], truncation_psi: float) -> torch.
 
 @torch.no_grad()
 def render_uint8(G: Generator, ws: torch.Tensor, batch: int) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` renders (CPU) of ``ws`` (noise ``const``; float32 off CUDA)."""
-    fp32 = ws.device.type != "cuda"
-    parts = []
-    for i in range(0, len(ws), batch):
-        img = G.synthesis(ws[i : i + batch], noise_mode="const", force_fp32=fp32)
-        parts.append((img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu())
-    return torch.cat(parts)
+    """uint8 ``[N, C, H, W]`` renders (CPU) of ``ws``: :func:`render_float` quantised like a
+    saved image (``x * 127.5 + 128``)."""
+    return (render_float(G, ws, batch) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 @torch.no_grad()
 def render_float(G: Generator, ws: torch.Tensor, batch: int) -> torch.Tensor:
-    """float ``[N, C, H, W]`` renders in [-1, 1] (CPU) of ``ws`` (noise ``const``)."""
+    """float ``[N, C, H, W]`` renders in [-1, 1] (CPU) of ``ws`` (noise ``const``; float32 off
+    CUDA)."""
     fp32 = ws.device.type != "cuda"
     parts = [
         G.synthesis(ws[i : i + batch], noise_mode="const", force_fp32=fp32).float().cpu()
@@ -741,23 +738,18 @@ def code_photos(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The aligned photos of ``folder`` (folder or zip at the base's resolution, read like the
     game set) as uint8 ``[N, C, H, W]`` on the CPU, and their W+ codes from the encoder (its
-    passes rendered by ``base``) on the base's device."""
-    from teacher.encoder import check_pair, load_encoder
+    passes rendered by ``base``) on the CPU."""
+    from teacher.encoder import check_pair, encode_images, load_encoder
 
     ds = ImageDataset(folder, resolution=base.img_resolution, channels=base.img_channels)
     if len(ds) < 2:
         raise BlendSearchError(f"--photos {folder}: KID needs at least 2 photos, found {len(ds)}")
-    device = next(base.parameters()).device
-    E = load_encoder(encoder_path).to(device).eval()
+    E = load_encoder(encoder_path).to(next(base.parameters()).device).eval()
     warning = check_pair(E, base, base_path)
     if warning:
         log(f"warning: {warning}")
     images = torch.from_numpy(np.stack([ds[i][0] for i in range(len(ds))]))
-    codes = []
-    for i in range(0, len(images), batch):
-        x = images[i : i + batch].to(device).float() / 127.5 - 1
-        codes.append(E.invert(x, base))
-    return images, torch.cat(codes)
+    return images, encode_images(E, images.permute(0, 2, 3, 1).numpy(), batch, base)
 
 
 def summary_lines(report: dict[str, Any], cfg: SearchConfig) -> str:
