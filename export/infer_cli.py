@@ -9,7 +9,10 @@
 
 Paste mode blends each toonified crop into the photo through a soft mask of the person (head,
 hair, neck) drawn from the face's landmarks (:mod:`faces.mask`), so the photo around the person
-stays as it was; ``--paste-mask square`` blends the whole aligned square instead.
+stays as it was; ``--paste-mask square`` blends the whole aligned square instead. The photo
+gets the model's *change* of its crop rather than the crop itself, so what the model leaves as
+it was keeps the photo's own pixels and sharpness; ``--paste-blend replace`` pastes the output
+itself (:func:`faces.align.paste_back`).
 
 The model comes from ``--model``, else ``$TOON_MODEL``, ``./toon.onnx`` or
 ``~/.local/share/toon-distill/toon.onnx``.
@@ -300,7 +303,10 @@ def process(
     if args.crop:
         results = [(outputs[i], i) for i in range(len(faces))]
     else:
-        results = [(paste_back(image, faces, list(outputs), mode=args.paste_mask), None)]
+        pasted = paste_back(
+            image, faces, list(outputs), mode=args.paste_mask, blend=args.paste_blend
+        )
+        results = [(pasted, None)]
     t4 = time.perf_counter()
     if stdout:
         from PIL import Image
@@ -353,7 +359,7 @@ def _int_range(lo: int, hi: int | None = None):
 
 def build_parser() -> argparse.ArgumentParser:
     from export.runtime import MAX_SIZE, MAX_THREADS, MIN_SIZE
-    from faces.align import PASTE_MODES
+    from faces.align import PASTE_BLENDS, PASTE_MODES
     from faces.image import MAX_PIXELS
 
     p = argparse.ArgumentParser(
@@ -403,6 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the toonified crop replaces the photo: person (default: the head, hair and "
         "neck, from the face's landmarks; the photo around them is kept) or square (the whole "
         "aligned crop, with a feathered edge)",
+    )
+    p.add_argument(
+        "--paste-blend",
+        choices=PASTE_BLENDS,
+        default=PASTE_BLENDS[0],
+        help="how the toonified crop enters the photo: change (default: the model's change of "
+        "its crop is added to the photo, so what it left as it was keeps the photo's own "
+        "pixels and sharpness) or replace (the model's output itself: only its look, as soft "
+        "as its resolution where the face is larger)",
     )
     p.add_argument(
         "--max-faces", type=_int_range(1), default=None, help="faces per photo, largest first"

@@ -52,6 +52,7 @@ class VideoOptions:
 
     mode: str = "paste"  # "paste" (the frame with faces pasted back) or "crop" (the main face)
     paste_mask: str = "person"  # as for photos: "person" or "square"
+    paste_blend: str = "change"  # as for photos: "change" or "replace"
     preset: str = DEFAULT_PRESET  # x264 speed preset
     crf: int = DEFAULT_CRF  # x264 constant rate factor: 0 lossless .. 51 worst (18-23: good)
     encoder_threads: int = 0  # x264 threads (0: x264 decides)
@@ -147,7 +148,7 @@ def toonify_video(
     from export.video_paste import FramePaster
 
     options = options or VideoOptions()
-    paster = FramePaster(toon.size, options.paste_mask)
+    paster = FramePaster(toon.size, options.paste_mask, blend=options.paste_blend)
     dst = Path(dst)
     aligner = make_aligner(toon, options)
     tracker = FaceTracker(aligner.detector, options.track)
@@ -382,6 +383,7 @@ def process_video(src: str, toon: Any, args: Any, multi: bool, base: Path | None
     options = VideoOptions(
         mode="crop" if args.crop else "paste",
         paste_mask=args.paste_mask,
+        paste_blend=args.paste_blend,
         preset=args.preset,
         crf=args.crf,
         track=TrackConfig(

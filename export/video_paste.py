@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from faces.align import PASTE_BLENDS
 from faces.mask import person_mask
 from faces.warp import smooth_ramp
 
@@ -33,16 +34,24 @@ def _continuous(dx: float, dy: float) -> np.ndarray:
 
 
 class FramePaster:
-    """Pastes toonified crops of ``size`` px into frames; ``mode`` ``person`` or ``square`` and
-    ``feather`` as :func:`faces.align.paste_back`; ``resample``: ``bilinear`` (default, the
-    fast one) or ``bicubic`` (paste_back's, about twice the time of the whole paste)."""
+    """Pastes toonified crops of ``size`` px into frames; ``mode``, ``feather`` and ``blend``
+    as :func:`faces.align.paste_back` (``blend`` takes each face's change from its ``crop``);
+    ``resample``: ``bilinear`` (default, the fast one) or ``bicubic`` (paste_back's, about
+    twice the time of the whole paste)."""
 
     def __init__(
-        self, size: int, mode: str = "person", feather: float = 0.1, resample: str = "bilinear"
+        self,
+        size: int,
+        mode: str = "person",
+        feather: float = 0.1,
+        resample: str = "bilinear",
+        blend: str = "change",
     ) -> None:
         if mode not in ("person", "square"):
             raise ValueError(f"paste mode must be person or square, got {mode!r}")
-        self.size, self.mode = size, mode
+        if blend not in PASTE_BLENDS:
+            raise ValueError(f"paste blend must be one of {', '.join(PASTE_BLENDS)}, got {blend!r}")
+        self.size, self.mode, self.blend = size, mode, blend
         self.resample = {
             "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC,
@@ -80,10 +89,15 @@ class FramePaster:
             rgb = np.asarray(out)[:, :, :3]
             m = face.matrix  # crop index -> frame index
             scale = math.sqrt(abs(np.linalg.det(m[:2, :2])))
+            under = np.asarray(face.crop)[:, :, :3] if self.blend == "change" else None
             if scale < SHRINK_BELOW:  # shrink first, as paste_crop does (no aliasing)
                 n = max(round(S * scale), 1)
-                rgb = np.asarray(Image.fromarray(rgb).resize((n, n), Image.Resampling.LANCZOS))
-                a = np.asarray(Image.fromarray(a).resize((n, n), Image.Resampling.LANCZOS))
+
+                def shrink(img: np.ndarray, n: int = n) -> np.ndarray:
+                    return np.asarray(Image.fromarray(img).resize((n, n), Image.Resampling.LANCZOS))
+
+                rgb, a = shrink(rgb), shrink(a)
+                under = shrink(under) if under is not None else None
                 r = S / n
                 m = m @ np.array([[r, 0, 0.5 * r - 0.5], [0, r, 0.5 * r - 0.5], [0, 0, 1.0]])
             n = rgb.shape[0]
@@ -104,17 +118,24 @@ class FramePaster:
                 @ np.linalg.inv(m)
                 @ _continuous(x0 - 0.5, y0 - 0.5)
             )
-            # RGBX: Pillow resamples the 4th band like a colour, without premultiplying.
-            warped = np.asarray(
-                Image.fromarray(rgbx, "RGBX").transform(
-                    (int(x1 - x0), int(y1 - y0)),
-                    Image.Transform.AFFINE,
-                    tuple(t[:2].ravel()),
-                    self.resample,
+            def warp(img: np.ndarray, mode: str) -> np.ndarray:
+                return np.asarray(
+                    Image.fromarray(img, mode).transform(
+                        (int(x1 - x0), int(y1 - y0)),
+                        Image.Transform.AFFINE,
+                        tuple(t[:2].ravel()),  # noqa: B023 (called in this iteration)
+                        self.resample,
+                    )
                 )
-            )
+
+            # RGBX: Pillow resamples the 4th band like a colour, without premultiplying.
+            warped = warp(rgbx, "RGBX")
             alpha = warped[:, :, 3:4].astype(np.float32) * np.float32(1 / 255)
             region = result[y0:y1, x0:x1].astype(np.float32)
-            region += (warped[:, :, :3].astype(np.float32) - region) * alpha
+            if under is None:
+                region += (warped[:, :, :3].astype(np.float32) - region) * alpha
+            else:  # the change of the crop, warped the same way
+                base = warp(np.pad(under, ((PAD, PAD), (PAD, PAD), (0, 0)), mode="edge"), "RGB")
+                region += (warped[:, :, :3].astype(np.float32) - base) * alpha
             result[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
         return result

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+from PIL import Image
 
 from faces.detect import DETECTORS, Detection, FaceDetector
 from faces.image import AlignError, ImageLike, load_image
@@ -39,6 +40,7 @@ __all__ = [
     "Aligner",
     "align",
     "canonical_points",
+    "PASTE_BLENDS",
     "PASTE_MODES",
     "PersonMask",
     "load_image",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 PASTE_MODES = ("person", "square")  # paste_back's masks: the head, hair and neck; the square
+# paste_back's blends: the model's change of its crop added to the photo; the output itself
+PASTE_BLENDS = ("change", "replace")
 
 
 @dataclass(frozen=True)
@@ -353,6 +357,7 @@ def paste_back(
     mode: str = "person",
     feather: float = 0.1,
     shape: PersonMask | None = None,
+    blend: str = "change",
 ) -> np.ndarray:
     """Warp each output crop back into the photo; returns (H, W, 3|4) uint8 like
     :func:`load_image` gives (alpha untouched).
@@ -364,9 +369,19 @@ def paste_back(
     the whole crop square. Either way the square's edge is feathered over ``feather`` of the
     crop side (0 gives a hard edge); pixels outside every face's crop square are returned
     unchanged.
+
+    ``blend``: ``"change"`` (default) adds the model's change of its crop, warp(output) -
+    warp(``face.crop``), to the photo: what the model left as it was keeps the photo's own
+    pixels, at the photo's resolution, with no loss from resampling the face to the crop and
+    back (a face drawn larger than the model's resolution stays sharp; the photo's detail
+    finer than that resolution shows through the drawing). ``"replace"`` puts the output in
+    place of the photo: only the model's look, as soft as its resolution where the face is
+    larger.
     """
     if mode not in PASTE_MODES:
         raise ValueError(f"paste mode must be one of {', '.join(PASTE_MODES)}, got {mode!r}")
+    if blend not in PASTE_BLENDS:
+        raise ValueError(f"paste blend must be one of {', '.join(PASTE_BLENDS)}, got {blend!r}")
     base = load_image(image)
     if len(faces) != len(outputs):
         raise ValueError(f"{len(faces)} faces but {len(outputs)} outputs")
@@ -406,6 +421,16 @@ def paste_back(
             # The face's landmarks in the output's pixels (output index = (crop + 0.5) / r - 0.5).
             lm = (face.to_crop(face.landmarks) + 0.5) / r - 0.5
             alpha = person_mask(lm, out.shape[0], shape)
-        paste_crop(work, out, to_region @ face.matrix @ a, feather=feather, alpha=alpha)
+        m = face.matrix @ a  # output index -> photo index
+        under = None
+        if blend == "change":
+            under = face.crop[:, :, :3]
+            if under.shape[0] != out.shape[0]:
+                under = np.asarray(
+                    Image.fromarray(np.ascontiguousarray(under)).resize(
+                        out.shape[1::-1], Image.Resampling.LANCZOS
+                    )
+                )
+        paste_crop(work, out, to_region @ m, feather=feather, alpha=alpha, under=under)
     result[ry0:ry1, rx0:rx1, :3] = np.clip(np.rint(work[:, :, :3]), 0, 255).astype(np.uint8)
     return result

@@ -310,6 +310,7 @@ def paste_crop(
     *,
     feather: float = 0.1,
     alpha: np.ndarray | None = None,
+    under: np.ndarray | None = None,
 ) -> None:
     """Blend ``crop`` (h, w, >=3 uint8) back into ``base`` (H, W, C float32, in place, RGB only).
 
@@ -318,6 +319,11 @@ def paste_crop(
     the inverse map; ``alpha`` (h, w float in [0, 1], over the crop's pixels, e.g.
     :func:`faces.mask.person_mask`) multiplies it after a bilinear warp. Pixels the product
     gives 0 are left exactly as they were.
+
+    With ``under`` (an image of the crop's shape: the crop the model was given), the photo gets
+    the *change* instead of the crop, ``base += mask * (warp(crop) - warp(under))``: where the
+    model changed nothing the photo stays exactly as it was, without the losses of resampling
+    it to the crop and back.
     """
     H, W = base.shape[:2]
     ch, cw = crop.shape[:2]
@@ -330,12 +336,36 @@ def paste_crop(
     if x1 <= x0 or y1 <= y0:
         return
 
-    rgb = np.ascontiguousarray(crop[:, :, :3])
     if alpha is not None and alpha.shape != (ch, cw):
         raise ValueError(f"alpha must be {(ch, cw)} like the crop, got {alpha.shape}")
+    if under is not None and under.shape[:2] != (ch, cw):
+        raise ValueError(f"under must be {(ch, cw)} like the crop, got {under.shape[:2]}")
+    inv0 = np.linalg.inv(matrix)  # photo index -> index of the crop as given
+    warped = _warp_rgb(crop, matrix, x0, y0, x1, y1)
+    # Mask from each photo pixel's position in the crop (u, v in [0, 1] across it).
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    cx = inv0[0, 0] * xs + inv0[0, 1] * ys + inv0[0, 2]
+    cy = inv0[1, 0] * xs + inv0[1, 1] * ys + inv0[1, 2]
+    mask = crop_mask((cx + 0.5) / cw, (cy + 0.5) / ch, feather).astype(np.float32)
+    if alpha is not None:
+        mask *= _warp_alpha(alpha, inv0, x0, y0, x1, y1)
+    mask = mask[:, :, None]
+    region = base[y0:y1, x0:x1, :3]
+    if under is None:
+        region += (warped - region) * mask
+    else:
+        region += (warped - _warp_rgb(under, matrix, x0, y0, x1, y1)) * mask
+
+
+def _warp_rgb(
+    img: np.ndarray, matrix: np.ndarray, x0: int, y0: int, x1: int, y1: int
+) -> np.ndarray:
+    """The RGB of ``img`` (h, w, >=3 uint8, a crop; ``matrix`` crop index -> photo index)
+    resampled bicubically at the photo pixels of the box (x0, y0)-(x1, y1), float32; shrunk
+    with Lanczos first where the face is smaller in the photo than in the crop (no aliasing)."""
+    rgb = np.ascontiguousarray(img[:, :, :3])
+    ch, cw = rgb.shape[:2]
     m = matrix.copy()
-    inv0 = np.linalg.inv(m)  # photo index -> index of the crop as given
-    # Shrink the crop first where the face is smaller in the photo than in the crop (no aliasing).
     scale = math.sqrt(abs(np.linalg.det(m[:2, :2])))  # photo pixels per crop pixel
     if scale < 0.75:
         nw, nh = max(round(cw * scale), 1), max(round(ch * scale), 1)
@@ -345,7 +375,6 @@ def paste_crop(
             [[cw / nw, 0, 0.5 * cw / nw - 0.5], [0, ch / nh, 0.5 * ch / nh - 0.5], [0, 0, 1.0]]
         )
         m = m @ a
-        cw, ch = nw, nh
     # Replicate the edge so bicubic sampling at the border never reads the black fill.
     e = 2
     rgb = np.pad(rgb, ((e, e), (e, e), (0, 0)), mode="edge")
@@ -357,16 +386,7 @@ def paste_crop(
     warped = Image.fromarray(rgb).transform(
         (int(x1 - x0), int(y1 - y0)), Image.Transform.AFFINE, tuple(t[:2].ravel()), BICUBIC
     )
-    # Mask from each photo pixel's position in the crop (u, v in [0, 1] across it).
-    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-    cx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-    cy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-    mask = crop_mask((cx + 0.5) / cw, (cy + 0.5) / ch, feather).astype(np.float32)
-    if alpha is not None:
-        mask *= _warp_alpha(alpha, inv0, x0, y0, x1, y1)
-    mask = mask[:, :, None]
-    region = base[y0:y1, x0:x1, :3]
-    region += (np.asarray(warped, dtype=np.float32) - region) * mask
+    return np.asarray(warped, dtype=np.float32)
 
 
 def _warp_alpha(alpha: np.ndarray, inv: np.ndarray, x0: int, y0: int, x1: int, y1: int):

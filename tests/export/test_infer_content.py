@@ -34,7 +34,8 @@ FEATHER = 0.1  # paste_back's default feather, as a fraction of the crop side
 
 def _known_model(base: Path, dst: Path, kind: str) -> Path:
     """An ONNX model with ``base``'s ``toon.*`` metadata and io (uint8 [N, S, S, 3] in and
-    out) computing ``kind``: ``invert`` (255 - x) or ``magenta`` (every pixel 255, 0, 255)."""
+    out) computing ``kind``: ``invert`` (255 - x), ``magenta`` (every pixel 255, 0, 255) or
+    ``same`` (x)."""
     meta = {p.key: p.value for p in onnx.load(str(base)).metadata_props}
     shape = ["N", SIZE, SIZE, 3]
     x = helper.make_tensor_value_info("image", TensorProto.UINT8, shape)
@@ -47,6 +48,8 @@ def _known_model(base: Path, dst: Path, kind: str) -> Path:
     nodes = [helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT)]
     if kind == "invert":
         nodes.append(helper.make_node("Sub", ["c255", "xf"], ["yf"]))
+    elif kind == "same":
+        nodes.append(helper.make_node("Identity", ["xf"], ["yf"]))
     else:
         nodes.append(helper.make_node("Mul", ["xf", "zero"], ["z"]))
         nodes.append(helper.make_node("Add", ["z", "colour"], ["yf"]))
@@ -84,7 +87,7 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def known(model, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("known")
-    return {k: _known_model(model, folder / f"{k}.onnx", k) for k in ("invert", "magenta")}
+    return {k: _known_model(model, folder / f"{k}.onnx", k) for k in ("invert", "magenta", "same")}
 
 
 def _align_options(model: Path) -> dict:
@@ -154,7 +157,8 @@ def test_square_paste_replaces_exactly_the_crop_squares(known, photos, tmp_path)
     than the feathered edge, the photo untouched outside both squares, a blend of the two in
     between."""
     out = tmp_path / "sq.png"
-    _infer(known["magenta"], str(photos["two"]), "--paste-mask", "square", "-o", str(out))
+    argv = ["--paste-mask", "square", "--paste-blend", "replace", "-o", str(out)]
+    _infer(known["magenta"], str(photos["two"]), *argv)
     src, got = _rgb(photos["two"]), _rgb(out)
     faces = align(src.astype(np.uint8), **_align_options(known["magenta"]))
     core, outside = _regions(faces, src.shape[:2])
@@ -166,11 +170,12 @@ def test_square_paste_replaces_exactly_the_crop_squares(known, photos, tmp_path)
 
 
 def test_person_paste_replaces_the_face_and_keeps_the_background(known, photos, tmp_path):
-    """The default paste (person mask) with the magenta model: magenta on the face (nose
-    and the eyes' landmarks), the photo outside the squares, and less of the square replaced
-    than the square paste replaces (the person, not the corners)."""
+    """The default mask (person) with the magenta model's output pasted in place of the
+    photo: magenta on the face (nose and the eyes' landmarks), the photo outside the squares,
+    and less of the square replaced than the square paste replaces (the person, not the
+    corners)."""
     out = tmp_path / "person.png"
-    _infer(known["magenta"], str(photos["one"]), "-o", str(out))
+    _infer(known["magenta"], str(photos["one"]), "--paste-blend", "replace", "-o", str(out))
     src, got = _rgb(photos["one"]), _rgb(out)
     (face,) = align(src.astype(np.uint8), **_align_options(known["magenta"]))
     core, outside = _regions([face], src.shape[:2])
@@ -182,6 +187,38 @@ def test_person_paste_replaces_the_face_and_keeps_the_background(known, photos, 
     assert ((got >= lo - 1) & (got <= hi + 1)).all()
     magenta_core = (np.abs(got - MAGENTA).max(-1) <= 1) & core
     assert magenta_core.sum() < 0.9 * core.sum()  # part of the square keeps the photo
+
+
+def test_default_paste_adds_the_change_and_leaves_an_unchanged_face_as_it_was(
+    known, photos, tmp_path
+):
+    """The default blend adds the model's change: a model that changes nothing gives the
+    photo back bit for bit, while pasting its output in place of the photo pays the
+    resampling of the face to the crop and back. The invert model's change, added to the
+    photo, is what the replacing paste's result predicts in closed form."""
+    src = _rgb(photos["two"])
+    res = {}
+    for name, argv in (
+        ("same", []),
+        ("same_replace", ["--paste-blend", "replace"]),
+        ("invert", ["--paste-mask", "square"]),
+        ("invert_replace", ["--paste-mask", "square", "--paste-blend", "replace"]),
+    ):
+        dst = tmp_path / f"{name}.png"
+        _infer(known[name.split("_")[0]], str(photos["two"]), *argv, "-o", str(dst))
+        res[name] = _rgb(dst)
+    assert np.array_equal(res["same"], src)
+    assert np.abs(res["same_replace"] - src).max() > 10
+    faces = align(src.astype(np.uint8), **_align_options(known["same"]))
+    core, outside = _regions(faces, src.shape[:2])
+    for name in ("invert", "invert_replace"):
+        assert np.array_equal(res[name][outside], src[outside])
+    # In the squares' cores (mask 1) replace gives r = 255 - W(crop) and change gives
+    # photo + W(255 - crop) - W(crop) = photo - 255 + 2 r (W: the warp back, linear).
+    change, r = res["invert"][core], res["invert_replace"][core]
+    err = np.abs(change - np.clip(src[core] - 255 + 2 * r, 0, 255))
+    assert err.mean() <= 1.0 and np.percentile(err, 99) <= 3
+    assert np.abs(change - r).max() > 10
 
 
 def test_exif_rotated_photo_gives_the_upright_photo_result(model, photos, tmp_path):

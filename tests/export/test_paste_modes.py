@@ -26,11 +26,12 @@ def _scene() -> tuple[np.ndarray, list]:
 
 
 def test_serve_pastes_like_toon_infer():
-    """The service's compose step gives exactly ``paste_back``'s default (person) paste, the
-    mode toon-infer uses unless told otherwise, and not the square's."""
+    """The service's compose step gives exactly ``paste_back``'s default (person mask, change
+    blend) paste, the one toon-infer uses unless told otherwise, and not the square's."""
     photo, faces = _scene()
     outputs = np.full((1, 64, 64, 3), (250, 40, 200), np.uint8)  # changes the whole crop
-    assert PASTE_MASK == build_parser().parse_args(["x.jpg"]).paste_mask == "person"
+    args = build_parser().parse_args(["x.jpg"])
+    assert PASTE_MASK == args.paste_mask == "person" and args.paste_blend == "change"
     out = ToonService._compose(None, photo, faces, outputs, ToonifyOptions(format="png"))
     served = np.asarray(Image.open(io.BytesIO(out["data"])).convert("RGB"))
     np.testing.assert_array_equal(served, paste_back(photo, faces, list(outputs)))

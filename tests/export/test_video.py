@@ -201,12 +201,20 @@ def test_frame_paster_matches_paste_back(scene):
     face = Aligner(size=64).warp(still, landmarks)
     out = np.ascontiguousarray(255 - face.crop[:, :, :3])  # far from the photo: diffs show
     for mode in ("person", "square"):
-        want = paste_back(still, [face], [out], mode=mode).astype(int)
-        got = FramePaster(64, mode).paste(still, [face], [out]).astype(int)
-        changed = np.abs(want - still).sum(2) > 0
-        d = np.abs(got - want)[changed]
-        assert d.mean() < 3.0 and np.percentile(d, 99) < 40, mode
-        assert np.array_equal(got[~_grow(changed)], still[~_grow(changed)])
+        for blend in ("replace", "change"):
+            want = paste_back(still, [face], [out], mode=mode, blend=blend).astype(int)
+            got = FramePaster(64, mode, blend=blend).paste(still, [face], [out]).astype(int)
+            changed = np.abs(want - still).sum(2) > 0
+            d = np.abs(got - want)[changed]
+            k = 2 if blend == "change" else 1  # the change resamples two images, not one
+            assert d.mean() < 3.0 * k and np.percentile(d, 99) < 40 * k, (mode, blend)
+            assert np.array_equal(got[~_grow(changed)], still[~_grow(changed)])
+    # The change of an unchanged face is nothing: the frame comes back bit for bit, where the
+    # replacing paste pays the resampling to the crop and back.
+    same = [face.crop[:, :, :3]]
+    np.testing.assert_array_equal(FramePaster(64, blend="change").paste(still, [face], same), still)
+    replaced = FramePaster(64, blend="replace").paste(still, [face], same)
+    assert np.abs(replaced.astype(int) - still).max() > 10
 
 
 def _grow(mask: np.ndarray) -> np.ndarray:

@@ -446,8 +446,9 @@ def test_paste_back_is_seamless(astronaut):
     face = align(astronaut)[0]
     black = np.zeros_like(astronaut)
     white = np.full((S, S, 3), 255, np.uint8)
-    soft = paste_back(black, [face], [white], mode="square")[:, :, 0].astype(int)
-    hard = paste_back(black, [face], [white], mode="square", feather=0.0)[:, :, 0].astype(int)
+    kw = dict(mode="square", blend="replace")  # another photo than the face's: no change to add
+    soft = paste_back(black, [face], [white], **kw)[:, :, 0].astype(int)
+    hard = paste_back(black, [face], [white], feather=0.0, **kw)[:, :, 0].astype(int)
     feather_px = 0.1 * S / face.scale
     step = max(np.abs(np.diff(soft, axis=0)).max(), np.abs(np.diff(soft, axis=1)).max())
     assert step <= 1.5 * 255 / feather_px + 1

@@ -119,7 +119,7 @@ def test_person_edge_is_soft_and_outside_is_exact():
     face = Aligner(size=S).warp(sc["photo"], sc["landmarks"])
     black = np.zeros_like(sc["photo"])
     white = np.full((S, S, 3), 255, np.uint8)
-    out = paste_back(black, [face], [white])[:, :, 0].astype(int)
+    out = paste_back(black, [face], [white], blend="replace")[:, :, 0].astype(int)
     sigma_px = PersonMask().feather * S / face.scale
     step = max(np.abs(np.diff(out, axis=0)).max(), np.abs(np.diff(out, axis=1)).max())
     assert step <= 255 / (sigma_px * np.sqrt(2 * np.pi)) * 1.15 + 2
