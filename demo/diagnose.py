@@ -5,12 +5,13 @@
 Every number is a distance to the ground truth (the same face drawn in the game style) divided by
 the distance of the unchanged photo to it ("do nothing" = 1.0; lower is better), measured the way
 a user meets the model: held-out procedural faces in cluttered scenes, through ``toon-infer``'s
-path (dlib detection and landmarks, FFHQ crop, model, paste back with the feathered square), then
+path (dlib detection and landmarks, FFHQ crop, model, paste back with toon-infer's defaults), then
 compared inside each face's landmark box grown by 10 %, shrunk to the number of crop pixels the
 model gave that box (so a 32 px model is not judged against detail it never saw). Rows:
 
-- **floor**: an identity model through the same path (what resampling and pasting alone cost),
-  with dlib's landmarks and with the exact ones;
+- **floor**: an identity model through the same path (what resampling and pasting alone cost:
+  nothing since the paste adds the model's change, 1.09 when it replaced the face), with dlib's
+  landmarks and with the exact ones;
 - **landmarks**: dlib's 68 points against the renderer's exact points, in % of the eye distance,
   and what that moves the crop by, in crop pixels at the model's resolution;
 - **oracle**: a student of the demo's architecture trained on the *true* (photo, game) pairs of

@@ -1,7 +1,8 @@
 """The miniature's measured outcome: does the distilled student toonify faces it never saw?
 
 Held-out procedural faces in cluttered scenes go through ``toon-infer``'s path (dlib detection
-and landmarks, FFHQ crop at the model's resolution, model, person-mask paste), and the result is
+and landmarks, FFHQ crop at the model's resolution, model, paste of the model's change through
+the person mask: toon-infer's defaults), and the result is
 compared with the same scene drawn in the game style, inside the face's landmark box shrunk to
 the pixels the model gave it (:mod:`demo.diagnose` holds that comparison). Reported per model:
 
