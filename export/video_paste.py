@@ -33,6 +33,24 @@ def _continuous(dx: float, dy: float) -> np.ndarray:
     return np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1.0]])
 
 
+def _resized(img: np.ndarray, n: int) -> np.ndarray:
+    """``img`` (uint8, square) at ``n`` x ``n`` px (Lanczos); itself when it already is."""
+    if img.shape[0] == img.shape[1] == n:
+        return img
+    return np.asarray(Image.fromarray(img).resize((n, n), Image.Resampling.LANCZOS))
+
+
+def _affine(
+    img: np.ndarray, mode: str, box: tuple[int, int], t: np.ndarray, resample
+) -> np.ndarray:
+    """``img`` resampled by Pillow's AFFINE transform ``t`` (output continuous -> input
+    continuous) into a ``box`` (width, height) image."""
+    out = Image.fromarray(img, mode).transform(
+        box, Image.Transform.AFFINE, tuple(t[:2].ravel()), resample
+    )
+    return np.asarray(out)
+
+
 class FramePaster:
     """Pastes toonified crops of ``size`` px into frames; ``mode``, ``feather`` and ``blend``
     as :func:`faces.align.paste_back` (``blend`` takes each face's change from its ``crop``);
@@ -89,15 +107,13 @@ class FramePaster:
             rgb = np.asarray(out)[:, :, :3]
             m = face.matrix  # crop index -> frame index
             scale = math.sqrt(abs(np.linalg.det(m[:2, :2])))
-            under = np.asarray(face.crop)[:, :, :3] if self.blend == "change" else None
+            under = None
+            if self.blend == "change":
+                under = _resized(np.ascontiguousarray(np.asarray(face.crop)[:, :, :3]), S)
             if scale < SHRINK_BELOW:  # shrink first, as paste_crop does (no aliasing)
                 n = max(round(S * scale), 1)
-
-                def shrink(img: np.ndarray, n: int = n) -> np.ndarray:
-                    return np.asarray(Image.fromarray(img).resize((n, n), Image.Resampling.LANCZOS))
-
-                rgb, a = shrink(rgb), shrink(a)
-                under = shrink(under) if under is not None else None
+                rgb, a = _resized(rgb, n), _resized(a, n)
+                under = _resized(under, n) if under is not None else None
                 r = S / n
                 m = m @ np.array([[r, 0, 0.5 * r - 0.5], [0, r, 0.5 * r - 0.5], [0, 0, 1.0]])
             n = rgb.shape[0]
@@ -118,24 +134,16 @@ class FramePaster:
                 @ np.linalg.inv(m)
                 @ _continuous(x0 - 0.5, y0 - 0.5)
             )
-            def warp(img: np.ndarray, mode: str) -> np.ndarray:
-                return np.asarray(
-                    Image.fromarray(img, mode).transform(
-                        (int(x1 - x0), int(y1 - y0)),
-                        Image.Transform.AFFINE,
-                        tuple(t[:2].ravel()),  # noqa: B023 (called in this iteration)
-                        self.resample,
-                    )
-                )
-
+            box = (int(x1 - x0), int(y1 - y0))
             # RGBX: Pillow resamples the 4th band like a colour, without premultiplying.
-            warped = warp(rgbx, "RGBX")
+            warped = _affine(rgbx, "RGBX", box, t, self.resample)
             alpha = warped[:, :, 3:4].astype(np.float32) * np.float32(1 / 255)
             region = result[y0:y1, x0:x1].astype(np.float32)
             if under is None:
                 region += (warped[:, :, :3].astype(np.float32) - region) * alpha
-            else:  # the change of the crop, warped the same way
-                base = warp(np.pad(under, ((PAD, PAD), (PAD, PAD), (0, 0)), mode="edge"), "RGB")
+            else:  # the change of the crop, its input warped the same way
+                padded = np.pad(under, ((PAD, PAD), (PAD, PAD), (0, 0)), mode="edge")
+                base = _affine(padded, "RGB", box, t, self.resample)
                 region += (warped[:, :, :3].astype(np.float32) - base) * alpha
             result[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
         return result

@@ -29,7 +29,9 @@ def test_an_unchanged_face_keeps_the_photo_exactly_with_change(astronaut, faces)
     ``replace`` pays the resampling to the crop and back (the loss ``change`` avoids)."""
     for face in faces.values():
         same = [face.crop[:, :, :3]]
-        np.testing.assert_array_equal(paste_back(astronaut, [face], same, blend="change"), astronaut)
+        np.testing.assert_array_equal(
+            paste_back(astronaut, [face], same, blend="change"), astronaut
+        )
     face = faces["crop_larger"]
     replaced = paste_back(astronaut, [face], [face.crop[:, :, :3]], blend="replace")
     assert np.abs(replaced.astype(int) - astronaut).max() > 10
