@@ -47,6 +47,11 @@ class StudentConfig(RunConfig):
 
     # Networks
     arch: str = _f("mobile", "generator preset: mobile, small, unet256 or tiny")
+    output: str = _f(
+        "tanh",
+        "generator output (mobile, small, tiny): tanh (the image) or residual (the input plus "
+        "the drawn change, clipped; starts as the identity)",
+    )
     d_channels: int = _f(64, "discriminator first-layer channels (ndf)")
     d_layers: int = _f(3, "stride-2 layers per PatchGAN (3: 70x70 patches)")
     d_scales: int = _f(3, "PatchGANs at image scales 1, 1/2, 1/4, ... (pix2pixHD num_D)")
@@ -97,8 +102,13 @@ class StudentConfig(RunConfig):
 
     def check(self) -> None:
         """Raise ValueError on values that cannot work."""
-        from student.networks import GENERATOR_PRESETS, NORMS
+        from student.networks import GENERATOR_PRESETS, NORMS, OUTPUTS
 
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        family = GENERATOR_PRESETS.get(self.arch, {}).get("family")
+        if self.output != "tanh" and family != "mobile_unet":
+            raise ValueError(f"--output {self.output} needs a mobile, small or tiny generator")
         if self.arch not in GENERATOR_PRESETS:
             raise ValueError(
                 f"unknown generator arch {self.arch!r}; choose from {', '.join(GENERATOR_PRESETS)}"

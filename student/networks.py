@@ -36,6 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 NORMS = ("batch", "instance", "none")
+# MobileUNet's output: tanh of the head (the image), or the input plus the head, clipped (the
+# image's change; the head starts at zero, so the untrained network is the identity)
+OUTPUTS = ("tanh", "residual")
 ACTIVATIONS = ("relu", "lrelu")
 
 
@@ -168,6 +171,9 @@ class MobileUNet(nn.Module):
         upsample: ``bilinear`` (default, align_corners=False) or ``nearest``; the x2 resize
             comes after a 1x1 conv that reduces the channels to the next level's.
         stem_kernel: kernel of the full-resolution stem convolution (dense).
+        output: ``tanh`` (default: the head's tanh is the image) or ``residual`` (the input
+            plus the head, clipped to [-1, 1]: the network draws the image's change, and a
+            zero-initialised head makes the untrained network the identity).
     """
 
     def __init__(
@@ -184,6 +190,7 @@ class MobileUNet(nn.Module):
         skip: str = "add",
         upsample: str = "bilinear",
         stem_kernel: int = 3,
+        output: str = "tanh",
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -199,6 +206,10 @@ class MobileUNet(nn.Module):
             raise ValueError(f"skip must be 'add' or 'concat', got {skip!r}")
         if upsample not in ("bilinear", "nearest"):
             raise ValueError(f"upsample must be 'bilinear' or 'nearest', got {upsample!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        if output == "residual" and in_channels != out_channels:
+            raise ValueError("a residual output needs as many output channels as input ones")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.levels = levels
@@ -227,6 +238,10 @@ class MobileUNet(nn.Module):
             ]
             self.merge.append(nn.Sequential(*blocks))
         self.head = nn.Conv2d(channels[0], out_channels, 3, padding=1)
+        self.output = output
+        if output == "residual":  # the untrained network changes nothing
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, in, H, W]`` in [-1, 1] -> ``[N, out, H, W]`` in [-1, 1]; H and W multiples of
@@ -243,6 +258,8 @@ class MobileUNet(nn.Module):
                 y = F.interpolate(y, scale_factor=2.0, mode="nearest")
             y = y + feats[lvl] if self.skip == "add" else torch.cat([y, feats[lvl]], dim=1)
             y = self.merge[lvl](y)
+        if self.output == "residual":
+            return (x + self.head(y)).clamp(-1.0, 1.0)
         return torch.tanh(self.head(y))
 
 

@@ -163,7 +163,7 @@ def training_loop(
 
     # -- networks and optimizers -------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    arch = generator_arch(cfg.arch)
+    arch = generator_arch(cfg.arch, **({"output": cfg.output} if cfg.output != "tanh" else {}))
     G = build_generator(arch).to(device).train()
     if info.resolution % G.stride:
         raise TrainError(

@@ -274,3 +274,25 @@ def test_infer_help_does_not_import_torch():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_residual_student_exports_and_matches_pytorch(tmp_path):
+    """A student with the residual output (input plus its change, clipped) exports, and ONNX
+    Runtime gives PyTorch's answer within one level."""
+    torch.manual_seed(1)
+    arch = generator_arch("tiny", output="residual")
+    G = build_generator(arch).train()
+    with torch.no_grad():
+        torch.nn.init.normal_(G.head.weight, std=0.05)  # a change to draw
+        for _ in range(3):
+            G(torch.randn(4, 3, SIZE, SIZE))
+    path = tmp_path / "student.safetensors"
+    save_student(G.eval(), arch, path, source={"teachers": {"base": "cd" * 32}},
+                 training={"resolution": SIZE})  # fmt: skip
+    out = tmp_path / "toon.onnx"
+    export_onnx(path, out)
+    images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    got = Toonifier(out, device="cpu").run(images).astype(int)
+    want = _torch_uint8(path, images).astype(int)
+    assert np.abs(got - want).max() <= 1
+    assert np.abs(got - images).mean() > 1.0  # the change is there

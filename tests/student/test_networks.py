@@ -173,3 +173,27 @@ def test_multiscale_discriminator_returns_features_per_scale() -> None:
     assert sizes[0] > sizes[1] > sizes[2]
     with pytest.raises(ValueError):
         MultiscaleDiscriminator(scales=0)
+
+
+def test_residual_output_starts_as_the_identity_and_adds_its_head() -> None:
+    """``output="residual"``: the untrained network returns its input exactly; with a head that
+    draws a constant +0.3 it returns the input plus 0.3, clipped at 1 (tanh would give 0.29)."""
+    torch.manual_seed(0)
+    G = build_generator(generator_arch("tiny", output="residual")).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(G(x), x, rtol=0, atol=0)
+        G.head.bias.fill_(0.3)
+        torch.testing.assert_close(G(x), (x + 0.3).clamp(max=1.0), rtol=0, atol=1e-6)
+    plain = build_generator(generator_arch("tiny")).eval()
+    with torch.no_grad():
+        assert (plain(x) - x).abs().mean() > 0.1  # the tanh head does not start as the identity
+    with pytest.raises(ValueError, match="output must be one of"):
+        build_generator(generator_arch("tiny", output="sigmoid"))
+
+
+def test_residual_output_is_refused_for_the_pix2pix_unet() -> None:
+    from student.config import StudentConfig
+
+    with pytest.raises(ValueError, match="needs a mobile, small or tiny generator"):
+        StudentConfig(arch="unet256", output="residual").check()
