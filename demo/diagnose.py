@@ -42,6 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 GROW = 0.10  # landmark box growth on each side, as a fraction of its side
 SCENE_SEED = 9000  # held-out scenes (the demo's data uses 1000-7000)
 ORACLE_SEED = 11000  # the oracle's training faces (disjoint from the held-out scenes)
+# The demo student's generator output (``toon-student train --output``), which the oracle
+# shares: the input plus the drawn change
+STUDENT_OUTPUT = "residual"
 
 Model = Callable[[np.ndarray], np.ndarray]  # uint8 crops [N, S, S, 3] -> same
 
@@ -206,8 +209,11 @@ def write_pairs_folder(folder: Path, src: np.ndarray, dst: np.ndarray, shard: in
     return folder
 
 
-def train_oracle(work: Path, size: int, count: int, kimg: float, preset: str) -> Path:
-    """Train a student of ``preset`` on ``count`` true aligned pairs; returns its ONNX file."""
+def train_oracle(
+    work: Path, size: int, count: int, kimg: float, preset: str, output: str = "tanh"
+) -> Path:
+    """Train a student of ``preset`` (generator ``output``) on ``count`` true aligned pairs;
+    returns its ONNX file."""
     from demo.synthetic import item_params, render
     from export.cli import main as export_main
     from student.cli import main as student_main
@@ -223,7 +229,7 @@ def train_oracle(work: Path, size: int, count: int, kimg: float, preset: str) ->
     run = work / "oracle-student"
     argv = ["train", "--preset", preset, "--pairs", str(pairs), "--outdir", str(run)]
     argv += ["--kimg", str(kimg), "--tick-kimg", str(max(kimg / 4, 0.1)), "--snap", "1000"]
-    argv += ["--workers", "0"]
+    argv += ["--workers", "0", "--output", output]
     if student_main(argv) != 0:
         raise SystemExit("diagnose: oracle training failed")
     onnx = work / "oracle.onnx"
@@ -358,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--oracle-pairs", type=int, default=4000, help="oracle training pairs")
     ap.add_argument("--oracle-kimg", type=float, default=20.0, help="oracle training length")
     ap.add_argument("--oracle-preset", default="tiny", help="student preset (default tiny)")
+    ap.add_argument(
+        "--oracle-output", default=STUDENT_OUTPUT, help=f"generator output ({STUDENT_OUTPUT})"
+    )
     ap.add_argument("--no-oracle", action="store_true", help="skip the oracle")
     ap.add_argument("--work", default="demo/out/diagnose", help="scratch folder")
     ap.add_argument("--out", default="demo/out/diagnosis.json", help="JSON report")
@@ -385,7 +394,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_oracle:
         t = time.time()
         oracle = onnx_model(
-            train_oracle(work, args.size, args.oracle_pairs, args.oracle_kimg, args.oracle_preset)
+            train_oracle(
+                work,
+                args.size,
+                args.oracle_pairs,
+                args.oracle_kimg,
+                args.oracle_preset,
+                args.oracle_output,
+            )  # fmt: skip
         )
         report["oracle"] = {
             "dlib_landmarks": score(oracle, scenes, args.size),
@@ -393,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs": args.oracle_pairs,
             "kimg": args.oracle_kimg,
             "preset": args.oracle_preset,
+            "output": args.oracle_output,
             "train_s": round(time.time() - t, 1),
         }
         print(json.dumps(report["oracle"], indent=1), flush=True)

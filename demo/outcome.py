@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from demo.diagnose import REPO, Model, compare_res, held_out_scenes, landmark_box
+from demo.diagnose import (
+    REPO,
+    STUDENT_OUTPUT,
+    Model,
+    compare_res,
+    held_out_scenes,
+    landmark_box,
+)
 
 EYES = (slice(36, 42), slice(42, 48))
 JAW = slice(0, 17)
@@ -225,7 +232,7 @@ def demo_outcome(
 
     t = time.time()
     if oracle_file is None:
-        oracle_file = train_oracle(work, size, oracle_pairs, oracle_kimg, "tiny")
+        oracle_file = train_oracle(work, size, oracle_pairs, oracle_kimg, "tiny", STUDENT_OUTPUT)
     oracle = onnx_model(oracle_file)
     oracle_s = time.time() - t
     judges = None
@@ -283,12 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     po.add_argument("--size", type=int, default=32)
     po.add_argument("--pairs", type=int, default=4000, help="true pairs (default 4000)")
     po.add_argument("--kimg", type=float, default=20.0, help="training length (default 20)")
+    po.add_argument(
+        "--output", default=STUDENT_OUTPUT, help=f"generator output (default {STUDENT_OUTPUT})"
+    )
     po.add_argument("--out", required=True, help="ONNX file to write")
     args = ap.parse_args(argv)
     from demo.diagnose import train_oracle
 
     with tempfile.TemporaryDirectory() as work:
-        onnx = train_oracle(Path(work), args.size, args.pairs, args.kimg, "tiny")
+        onnx = train_oracle(Path(work), args.size, args.pairs, args.kimg, "tiny", args.output)
         shutil.copyfile(onnx, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -203,8 +203,12 @@ def choose_blend(out, scale, base, finetuned, game, blended, teacher_main) -> li
 
 
 def train_student(scale: Scale, pairs: Path, outdir: Path, seed: int, student_main) -> Path:
-    """``toon-student train`` at the scale's size with one seed; returns the student file."""
-    argv = ["train", "--preset", "tiny", "--pairs", str(pairs), "--outdir", str(outdir)]
+    """``toon-student train`` at the scale's size with one seed (the residual output: the
+    student draws the photo's change); returns the student file."""
+    from demo.diagnose import STUDENT_OUTPUT
+
+    argv = ["train", "--preset", "tiny", "--output", STUDENT_OUTPUT]
+    argv += ["--pairs", str(pairs), "--outdir", str(outdir)]
     argv += ["--kimg", str(scale.student_kimg), "--tick-kimg", str(scale.student_tick)]
     argv += ["--snap", "1000", "--workers", "0", "--seed", str(seed)]
     run("toon-student", student_main, argv)

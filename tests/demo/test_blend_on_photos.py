@@ -1,5 +1,5 @@
 """With the shipped fine-tuned teacher, the blend chosen on photos changes faces toward their
-game-style truth, and the blend the seed-render search used to choose does not.
+game-style truth far more than the blend the seed-render search used to choose.
 
 ``demo/assets/toon32.safetensors`` is the demo's fine-tune (2000 game faces, ``--freezeg 8
 --freeze-mapping --freezed 0``, 20 kimg; the generator alone). Both searches use only the
@@ -37,7 +37,7 @@ def _search(tmp: Path, nets, game: Path, name: str, extra: list[str]) -> list[st
 
 
 @pytest.mark.slow
-def test_the_blend_chosen_on_photos_closes_a_share_of_the_gap_the_old_choice_does_not(tmp_path):
+def test_the_blend_chosen_on_photos_closes_more_of_the_gap_than_the_old_choice(tmp_path):
     from demo.diagnose import onnx_model
     from demo.finetune_check import teacher_models
     from demo.judges import export_feature_nets, load_judges
@@ -72,7 +72,10 @@ def test_the_blend_chosen_on_photos_closes_a_share_of_the_gap_the_old_choice_doe
         blend = load_generator(argv[argv.index("--out") + 1]).eval()
         models[name] = teacher_models(blend, base, E)["delta"]
     rows = measure(models, prepare(24, 32), judges)
-    # Measured: old 1.019 of doing nothing (gap -0.06, 10/24), new 0.876 (0.37, 19/24).
-    assert rows["old"]["gap_closed"] < 0.1, rows["old"]
-    assert rows["new"]["gap_closed"] > 0.25, rows["new"]
-    assert rows["new"]["better_than_nothing"] >= 16, rows["new"]
+    # Measured with toon-infer's default paste (the model's change) and the shipped oracle:
+    # old 0.937 of doing nothing (gap 0.14, 20/24), new 0.814 (0.42, 21/24). (With the former
+    # replacing paste and the former oracle: old 1.019, gap -0.06; new 0.876, 0.37.)
+    assert rows["old"]["gap_closed"] < 0.2, rows["old"]
+    assert rows["new"]["gap_closed"] > 0.35, rows["new"]
+    assert rows["new"]["gap_closed"] - rows["old"]["gap_closed"] > 0.2, (rows["old"], rows["new"])
+    assert rows["new"]["better_than_nothing"] >= 19, rows["new"]
