@@ -9,8 +9,9 @@ Photos (decoded once, outside the timing):
 Single-core figures pin this process to one CPU (``sched_setaffinity``) and time, per photo,
 ``detect`` (HOG on the downscaled copy), ``landmarks`` (68 points at full resolution), ``warp``
 (FFHQ crop at ``--size``) and ``align`` (all three, the public call), as medians over
-``--iters`` runs after a warm-up. ``1080p_full_res_detect_ms`` is the detection on the full
-1920 x 1080 frame for comparison (``detect_size=0``).
+``--iters`` runs after a warm-up, and ``paste_change`` / ``paste_replace`` (paste_back of one
+face through the person mask with each blend). ``1080p_full_res_detect_ms`` is the detection
+on the full 1920 x 1080 frame for comparison (``detect_size=0``).
 
 The folder figure writes ``--folder-images`` JPEGs (1080p and 512 alternating) to a temporary
 folder and runs ``toon-pairs align``'s job (:func:`pairs.prepare.prepare_dataset`, HOG only) with
@@ -42,7 +43,7 @@ sys.path[:] = [str(_REPO)] + [
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from faces.align import AlignConfig, Aligner, load_image  # noqa: E402
+from faces.align import PASTE_BLENDS, AlignConfig, Aligner, load_image, paste_back  # noqa: E402
 from faces.image import to_gray  # noqa: E402
 from pairs.prepare import PrepareConfig, prepare_dataset  # noqa: E402
 
@@ -96,6 +97,12 @@ def single_core(photos: dict[str, np.ndarray], size: int, iters: int) -> dict:
             lm = dets[0].landmarks
             r["landmarks_ms"] = median_ms(lambda g=gray, b=box: al.detector.landmarks(g, b), iters)
             r["warp_ms"] = median_ms(lambda i=img, lm=lm: al.warp(i, lm), iters)
+            face = al.warp(img, lm)
+            inverted = [np.ascontiguousarray(255 - face.crop[:, :, :3])]
+            for blend in PASTE_BLENDS:
+                r[f"paste_{blend}_ms"] = median_ms(
+                    lambda i=img, f=face, o=inverted, b=blend: paste_back(i, [f], o, blend=b), iters
+                )
         r["align_ms"] = median_ms(lambda img=img: al.align(img), iters)
         out[name] = r
     out["1080p_full_res_detect_ms"] = median_ms(lambda: full.detector.boxes(photos["1080p"]), 3)
