@@ -210,7 +210,7 @@ def write_pairs_folder(folder: Path, src: np.ndarray, dst: np.ndarray, shard: in
 
 
 def train_oracle(
-    work: Path, size: int, count: int, kimg: float, preset: str, output: str = "tanh"
+    work: Path, size: int, count: int, kimg: float, preset: str, output: str = STUDENT_OUTPUT
 ) -> Path:
     """Train a student of ``preset`` (generator ``output``) on ``count`` true aligned pairs;
     returns its ONNX file."""
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.oracle_kimg,
                 args.oracle_preset,
                 args.oracle_output,
-            )  # fmt: skip
+            )
         )
         report["oracle"] = {
             "dlib_landmarks": score(oracle, scenes, args.size),

@@ -232,7 +232,7 @@ def demo_outcome(
 
     t = time.time()
     if oracle_file is None:
-        oracle_file = train_oracle(work, size, oracle_pairs, oracle_kimg, "tiny", STUDENT_OUTPUT)
+        oracle_file = train_oracle(work, size, oracle_pairs, oracle_kimg, "tiny")
     oracle = onnx_model(oracle_file)
     oracle_s = time.time() - t
     judges = None

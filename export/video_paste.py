@@ -23,7 +23,7 @@ from PIL import Image
 
 from faces.align import PASTE_BLENDS
 from faces.mask import person_mask
-from faces.warp import smooth_ramp
+from faces.warp import resize_square, smooth_ramp
 
 SHRINK_BELOW = 0.75  # as paste_crop: frame px per crop px under which the crop is shrunk first
 PAD = 2  # edge pixels added around the crop before the warp
@@ -31,13 +31,6 @@ PAD = 2  # edge pixels added around the crop before the warp
 
 def _continuous(dx: float, dy: float) -> np.ndarray:
     return np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1.0]])
-
-
-def _resized(img: np.ndarray, n: int) -> np.ndarray:
-    """``img`` (uint8, square) at ``n`` x ``n`` px (Lanczos); itself when it already is."""
-    if img.shape[0] == img.shape[1] == n:
-        return img
-    return np.asarray(Image.fromarray(img).resize((n, n), Image.Resampling.LANCZOS))
 
 
 def _affine(
@@ -109,11 +102,11 @@ class FramePaster:
             scale = math.sqrt(abs(np.linalg.det(m[:2, :2])))
             under = None
             if self.blend == "change":
-                under = _resized(np.ascontiguousarray(np.asarray(face.crop)[:, :, :3]), S)
+                under = resize_square(np.asarray(face.crop)[:, :, :3], S)
             if scale < SHRINK_BELOW:  # shrink first, as paste_crop does (no aliasing)
                 n = max(round(S * scale), 1)
-                rgb, a = _resized(rgb, n), _resized(a, n)
-                under = _resized(under, n) if under is not None else None
+                rgb, a = resize_square(rgb, n), resize_square(a, n)
+                under = resize_square(under, n) if under is not None else None
                 r = S / n
                 m = m @ np.array([[r, 0, 0.5 * r - 0.5], [0, r, 0.5 * r - 0.5], [0, 0, 1.0]])
             n = rgb.shape[0]

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-from PIL import Image
 
 from faces.detect import DETECTORS, Detection, FaceDetector
 from faces.image import AlignError, ImageLike, load_image
@@ -30,6 +29,7 @@ from faces.warp import (
     quad_matrix,
     quad_size,
     recipe_points,
+    resize_square,
     transform_points,
 )
 
@@ -422,15 +422,7 @@ def paste_back(
             lm = (face.to_crop(face.landmarks) + 0.5) / r - 0.5
             alpha = person_mask(lm, out.shape[0], shape)
         m = face.matrix @ a  # output index -> photo index
-        under = None
-        if blend == "change":
-            under = face.crop[:, :, :3]
-            if under.shape[0] != out.shape[0]:
-                under = np.asarray(
-                    Image.fromarray(np.ascontiguousarray(under)).resize(
-                        out.shape[1::-1], Image.Resampling.LANCZOS
-                    )
-                )
+        under = resize_square(face.crop[:, :, :3], out.shape[0]) if blend == "change" else None
         paste_crop(work, out, to_region @ m, feather=feather, alpha=alpha, under=under)
     result[ry0:ry1, rx0:rx1, :3] = np.clip(np.rint(work[:, :, :3]), 0, 255).astype(np.uint8)
     return result

@@ -284,6 +284,14 @@ def ffhq_warp_prescaled(
     return _join(out)
 
 
+def resize_square(img: np.ndarray, n: int) -> np.ndarray:
+    """``img`` (uint8, square, e.g. a crop or its mask) at ``n`` x ``n`` px with Lanczos;
+    ``img`` itself when it already is that size."""
+    if img.shape[0] == img.shape[1] == n:
+        return img
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((n, n), LANCZOS))
+
+
 def smooth_ramp(t: np.ndarray, feather: float) -> np.ndarray:
     """0 at t <= 0, 1 at t >= feather, smoothstep between (zero slope at both ends)."""
     if feather <= 0:
