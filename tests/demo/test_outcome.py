@@ -91,3 +91,43 @@ def test_gap_closed_and_spread_by_hand():
     rows = [{"x": 1.0}, {"x": 2.0}, {"x": 4.0}]
     s = outcome.spread(rows, ("x",))["x"]
     assert (s["mean"], s["min"], s["max"]) == (pytest.approx(7 / 3, abs=1e-4), 1.0, 4.0)
+
+
+def test_truth_row_is_the_game_scene_cut_with_the_photos_alignment(scenes):
+    """measure() adds a perfect toonifier: each found face answered with the game scene cut by
+    the photo's own landmarks, computed here independently of outcome.truth_crops."""
+    from faces.align import align
+
+    found = [s for s in scenes if s.faces]
+    expect = [align(s.game, size=SIZE, landmarks=[s.faces[0].landmarks])[0].crop[..., :3]
+              for s in found]  # fmt: skip
+    np.testing.assert_array_equal(outcome.truth_crops(scenes), np.stack(expect))
+    truth = outcome.measure({"identity": lambda c: c}, scenes)["truth"]
+    assert truth["better_than_nothing"] == truth["faces"] == len(found)
+    assert truth["ratio"] < 0.6
+
+
+class _MeanJudges:
+    """Stand-in judges: 'game' when the mean pixel is above 100, error = mean pixel / 100."""
+
+    def style_score(self, images):
+        return (images.reshape(len(images), -1).mean(1) > 100).astype(np.float64)
+
+    def param_error(self, images, params):
+        assert len(images) == len(params)
+        return images.reshape(len(images), -1).mean(1) / 100.0
+
+    size = SIZE
+
+
+def test_identity_is_judged_against_the_truth_cut_the_same_way(scenes, monkeypatch):
+    from demo import judges as judges_mod
+
+    found = [s for s in scenes if s.faces]
+    crops = np.full((len(found), SIZE, SIZE, 3), 150, np.uint8)
+    truth_err = np.mean([s.truth_crop.mean() / 100 for s in found])
+    monkeypatch.setattr(judges_mod, "game_truth_error", lambda j, p: np.full(len(p), 0.75))
+    row = outcome.judge_crops(_MeanJudges(), crops, scenes)
+    assert row["called_game"] == 1.0
+    assert row["param_error_over_truth"] == pytest.approx(1.5 / truth_err, abs=1e-3)
+    assert row["param_error_over_render"] == pytest.approx(2.0, abs=1e-3)
