@@ -45,6 +45,10 @@ ORACLE_SEED = 11000  # the oracle's training faces (disjoint from the held-out s
 # The demo student's generator output (``toon-student train --output``), which the oracle
 # shares: the input plus the drawn change
 STUDENT_OUTPUT = "residual"
+# Half-life of the generator EMA (``toon-student train --ema-kimg``) of the demo student and the
+# oracle: 2 kimg (5 % of the 40 kimg run), where the ``tiny`` preset keeps 0.2 for its short
+# unit-test runs; measured in demo/README.md ("The student's average")
+STUDENT_EMA_KIMG = 2.0
 
 Model = Callable[[np.ndarray], np.ndarray]  # uint8 crops [N, S, S, 3] -> same
 
@@ -210,10 +214,16 @@ def write_pairs_folder(folder: Path, src: np.ndarray, dst: np.ndarray, shard: in
 
 
 def train_oracle(
-    work: Path, size: int, count: int, kimg: float, preset: str, output: str = STUDENT_OUTPUT
+    work: Path,
+    size: int,
+    count: int,
+    kimg: float,
+    preset: str,
+    output: str = STUDENT_OUTPUT,
+    ema_kimg: float = STUDENT_EMA_KIMG,
 ) -> Path:
-    """Train a student of ``preset`` (generator ``output``) on ``count`` true aligned pairs;
-    returns its ONNX file."""
+    """Train a student of ``preset`` (generator ``output``, EMA half-life ``ema_kimg``) on
+    ``count`` true aligned pairs, as the demo trains its student; returns its ONNX file."""
     from demo.synthetic import item_params, render
     from export.cli import main as export_main
     from student.cli import main as student_main
@@ -229,7 +239,7 @@ def train_oracle(
     run = work / "oracle-student"
     argv = ["train", "--preset", preset, "--pairs", str(pairs), "--outdir", str(run)]
     argv += ["--kimg", str(kimg), "--tick-kimg", str(max(kimg / 4, 0.1)), "--snap", "1000"]
-    argv += ["--workers", "0", "--output", output]
+    argv += ["--workers", "0", "--output", output, "--ema-kimg", str(ema_kimg)]
     if student_main(argv) != 0:
         raise SystemExit("diagnose: oracle training failed")
     onnx = work / "oracle.onnx"

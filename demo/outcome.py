@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 
 from demo.diagnose import (
     REPO,
+    STUDENT_EMA_KIMG,
     STUDENT_OUTPUT,
     Model,
     compare_res,
@@ -326,12 +327,20 @@ def main(argv: list[str] | None = None) -> int:
     po.add_argument(
         "--output", default=STUDENT_OUTPUT, help=f"generator output (default {STUDENT_OUTPUT})"
     )
+    po.add_argument(
+        "--ema-kimg",
+        type=float,
+        default=STUDENT_EMA_KIMG,
+        help=f"generator EMA half-life (default {STUDENT_EMA_KIMG}, the demo student's)",
+    )
     po.add_argument("--out", required=True, help="ONNX file to write")
     args = ap.parse_args(argv)
     from demo.diagnose import train_oracle
 
     with tempfile.TemporaryDirectory() as work:
-        onnx = train_oracle(Path(work), args.size, args.pairs, args.kimg, "tiny", args.output)
+        onnx = train_oracle(
+            Path(work), args.size, args.pairs, args.kimg, "tiny", args.output, args.ema_kimg
+        )
         shutil.copyfile(onnx, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -204,10 +204,12 @@ def choose_blend(out, scale, base, finetuned, game, blended, teacher_main) -> li
 
 def train_student(scale: Scale, pairs: Path, outdir: Path, seed: int, student_main) -> Path:
     """``toon-student train`` at the scale's size with one seed (the residual output: the
-    student draws the photo's change); returns the student file."""
-    from demo.diagnose import STUDENT_OUTPUT
+    student draws the photo's change; the generator EMA at a 2 kimg half-life); returns the
+    student file."""
+    from demo.diagnose import STUDENT_EMA_KIMG, STUDENT_OUTPUT
 
     argv = ["train", "--preset", "tiny", "--output", STUDENT_OUTPUT]
+    argv += ["--ema-kimg", str(STUDENT_EMA_KIMG)]
     argv += ["--pairs", str(pairs), "--outdir", str(outdir)]
     argv += ["--kimg", str(scale.student_kimg), "--tick-kimg", str(scale.student_tick)]
     argv += ["--snap", "1000", "--workers", "0", "--seed", str(seed)]
