@@ -263,7 +263,7 @@ def onnx_model(path: Path) -> Model:
 def judge(judges, images: np.ndarray, params: list) -> dict:
     """The offline judges (demo/judges.py) on aligned outputs: the share called game-style, and
     the identity error (non-style parameters read back) against the error on the true game
-    renders of the same faces (the issue's bar: at most 1.5x)."""
+    renders of the same faces (these are aligned renders, framed like the truth)."""
     from demo.judges import game_truth_error
 
     err, ref = judges.param_error(images, params), game_truth_error(judges, params)

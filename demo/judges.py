@@ -29,13 +29,14 @@ that the game style keeps: ``hair_style`` (4 classes), hair colour (``hair.r/g/b
 (``skin.r/g/b``), ``jaw`` and the mouth (``mouth_width``, ``smile``). Left out: pose jitter,
 background and shirt (not the person), eye size (the game style redraws the eyes), iris and lips
 (tiny at 32 px; lips follow from the skin), and the finer proportions (head, nose, brows, hair
-volume) that the issue does not list.
+volume), which the outcome's goals do not name.
 
 ``param_error`` is the mean of five components, each on a comparable scale: hair style (1 when
 misclassified, else 0), hair colour, skin tone, jaw, mouth, each the mean absolute error of its
 targets divided by the target's standard deviation over the training faces (a random guess
 scores about 1.1 per component). :func:`game_truth_error` gives the error on the exact game
-renders of the same faces, the reference the issue holds the student to (at most 1.5x).
+renders of the same faces; on the user's path :mod:`demo.outcome` holds a model's crops to the
+truth cut the same way instead (at most 1.5x), and reports the ratio to this one beside it.
 
 Files are safetensors (``classifier.*``, ``regressor.*``, ``target_mean``, ``target_std``) with
 JSON metadata under ``toon``: kind ``demo.judges``, arch, training config and time, held-out

@@ -293,7 +293,7 @@ def demo_outcome(
 
 
 def goals_met(students: dict, faces: int) -> dict[str, bool]:
-    """Which goals the mean over seeds meets (the issue's bars; judges only when measured)."""
+    """Which goals the mean over seeds meets (:data:`GOALS`; judges only when measured)."""
     met = {
         "gap_closed": students["gap_closed"]["mean"] >= GOALS["gap_closed_at_least"],
         "better_than_nothing": students["better_than_nothing"]["mean"]

@@ -3,11 +3,12 @@
 path, where the demo's student before the residual output and the change paste closed 23-33 %
 (demo/README.md, "The outcome").
 
-Slow (about 7 minutes on two cores): 4000 z pairs and 2000 delta-target photo pairs from
+Slow (about 6 minutes on two cores): 4000 z pairs and 2000 delta-target photo pairs from
 ``demo/assets/toon32.safetensors`` blended as the photo-scored blend-search picks it
 (``tests/demo/test_blend_on_photos.py`` checks that pick), a 40 kimg ``tiny`` student with the
-residual output, its ONNX export, and the outcome's 24 held-out scenes. Nothing here sees a
-(photo, game) pair of the same face; the truth only measures.
+residual output and the demo's 2 kimg EMA, its ONNX export, and the outcome's 24 held-out
+scenes; the judges' identity error must stay under 1.5 times the truth's (the outcome's goal).
+Nothing here sees a (photo, game) pair of the same face; the truth only measures.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def test_the_demo_student_closes_a_share_of_the_gap(tmp_path):
     models = {"oracle": onnx_model(oracle_asset(32)), "student": onnx_model(onnx)}
     rows = measure(models, prepare(24, 32), load_judges(ASSETS / "judges32.safetensors"))
     row = rows["student"]
-    # Measured: ratio 0.797 of doing nothing, gap 0.46, 23/24 faces, outline 0.949.
+    # Measured (2 kimg EMA, the oracle retrained with it): ratio 0.774 of doing nothing, gap
+    # 0.49, 23/24 faces, outline 0.981, judges 83 % game, identity 1.31 times the error on the
+    # truth cut the same way.
     assert row["gap_closed"] > 0.4, row
     assert row["better_than_nothing"] >= 21, row
     assert row["outline_ratio"] < 1.0, row
+    assert row["judges"]["param_error_over_truth"] < 1.5, row
